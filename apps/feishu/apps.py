@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class FeishuConfig(AppConfig):
+    name = "apps.feishu"
+    label = "feishu"

@@ -1,0 +1,34 @@
+"""Suite-wide fixtures: clean cache per test, tenant personas (A owner, A viewer, B staff)."""
+
+from dataclasses import dataclass
+
+import pytest
+from django.contrib.auth.models import User
+from django.core.cache import cache
+
+from apps.tenants.models import Role, Tenant
+from tests.factories import MembershipFactory, TenantFactory, UserFactory
+
+
+@pytest.fixture(autouse=True)
+def _clear_cache():
+    cache.clear()
+    yield
+
+
+@dataclass
+class Personas:
+    tenant_a: Tenant
+    tenant_b: Tenant
+    owner_a: User
+    viewer_a: User
+    staff_b: User
+
+
+@pytest.fixture
+def personas(db) -> Personas:
+    tenant_a, tenant_b = TenantFactory(slug="acme", name="ACME"), TenantFactory(slug="globex", name="Globex")
+    owner_a = MembershipFactory(tenant=tenant_a, role=Role.OWNER, user=UserFactory(username="alice")).user
+    viewer_a = MembershipFactory(tenant=tenant_a, role=Role.VIEWER, user=UserFactory(username="victor")).user
+    staff_b = MembershipFactory(tenant=tenant_b, role=Role.OWNER, user=UserFactory(username="bob")).user
+    return Personas(tenant_a, tenant_b, owner_a, viewer_a, staff_b)

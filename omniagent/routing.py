@@ -1,0 +1,3 @@
+"""WebSocket routes; apps append theirs here."""
+
+websocket_urlpatterns: list = []

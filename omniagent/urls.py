@@ -1,0 +1,11 @@
+from django.contrib import admin
+from django.urls import include, path
+
+from omniagent import health
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("healthz", health.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
+    path("webhooks/feishu/", include("apps.feishu.urls")),
+]
