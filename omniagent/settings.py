@@ -34,7 +34,6 @@ DATABASE_URL = env_url("DATABASE_URL", ("postgres", "postgresql", "sqlite"))
 REDIS_URL = env_url("REDIS_URL", ("redis", "rediss"))
 REAL_MODE = DATABASE_URL is not None
 EMBEDDED = DATABASE_URL is None and REDIS_URL is None
-TESTING = "pytest" in sys.modules
 
 
 def _local_secret(filename: str, make: callable, variable: str) -> str:
