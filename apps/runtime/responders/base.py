@@ -10,6 +10,8 @@ with these events, always in this order:
     on_tool_end(name, ok, summary)               ... (text deltas may come before and after tools)
     then exactly one of:
     on_final(text)                               the complete answer (already saved)
+    on_notice(text)                              a short system reply instead of an answer
+                                                 (/help, /reset, ...): no on_start before it
     on_error(code, user_message)                 DESIGN §6 code and the message to show, never a traceback
     on_cancelled()                               the user (/stop) or the API cancelled the turn
     finally close()                              always called last, even after an exception
@@ -22,8 +24,9 @@ Rules for implementations:
   updates freely and still show the right text.
 - A responder must not raise for delivery problems it can recover from; if it raises anyway, the
   pipeline logs it and carries on (the transcript is the source of truth).
-- ``on_final`` gets the text that was stored as the assistant Message (``assistant_message_id``
-  attribute is set before on_final, so buttons can refer to it).
+- ``on_final`` gets the text that was stored as the assistant Message. ``ctx.assistant_message_id``
+  is set before ``on_start`` (the row exists from the start of the turn), so feedback buttons and
+  web clients can refer to it.
 - Responders are not reused across turns.
 
 Registering a responder for an origin (e.g. in ``apps/runtime/responders/web.py``)::
@@ -58,7 +61,7 @@ class ResponderContext:
     # The user Messages this turn answers (oldest first); the last one is what Feishu replies to.
     user_messages: list[Message] = field(default_factory=list)
     trace_id: str = ""
-    # Set by the pipeline once the assistant Message row exists (before on_final / on_error).
+    # The assistant Message row this turn fills (set before on_start; None for on_notice replies).
     assistant_message_id: int | None = None
     # Anything an entry point wants to pass through (e.g. the web chat's request id).
     extra: dict[str, Any] = field(default_factory=dict)
@@ -96,6 +99,10 @@ class Responder:
 
     def on_cancelled(self) -> None:
         """The turn was cancelled (/stop or the API); say so."""
+
+    def on_notice(self, text: str) -> None:
+        """A command's reply (/help, /reset, ...) or a system notice; by default shown like an answer."""
+        self.on_final(text)
 
     def close(self) -> None:
         """Always called last: release resources (remove reactions, close streams)."""
@@ -135,6 +142,9 @@ class RecordingResponder(Responder):
 
     def on_cancelled(self) -> None:
         self._rec("cancelled")
+
+    def on_notice(self, text: str) -> None:
+        self._rec("notice", text)
 
     def close(self) -> None:
         self._rec("close")
