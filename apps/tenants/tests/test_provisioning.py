@@ -12,7 +12,7 @@ from apps.audit.models import AuditLog
 from apps.bindings.models import Binding
 from apps.bots.models import Bot
 from apps.tenants.models import ApiKey, Membership, Tenant, hash_api_key
-from apps.tenants.provisioning import ProvisionError, provision_load
+from apps.tenants.provisioning import provision_load
 from tests.factories import BotFactory
 
 pytestmark = pytest.mark.django_db
@@ -156,24 +156,27 @@ def test_it_substitutes_after_parsing_so_values_cannot_inject_yaml(tmp_path):
     assert config == {"tenants": [{"slug": "t1", "name": "x\n  - slug: injected", "instructions": "fallback"}]}
 
 
+URL = "base_url: 'http://localhost/v1'"
+
+
 @pytest.mark.parametrize(
     ("entry", "message"),
     [
-        ("agents: [{slug: a, model: m, base_url: not-a-url}]", r"tenants\[0\]\.agents\[0\]\.base_url: Enter a valid URL"),
-        ("agents: [{slug: a, model: m, base_url: 'http://localhost/v1', colour: red}]", r"tenants\[0\]\.agents\[0\]: unknown field 'colour'"),
-        ("agents: [{slug: a, model: m, base_url: 'http://localhost/v1', timeout: soon}]", r"tenants\[0\]\.agents\[0\]\.timeout: "),
-        ("admins: [{username: bob, password: short}]", r"tenants\[0\]\.admins\[0\]\.password: This password is too short"),
-        ("admins: [{username: bob, password: long-enough-1, role: king}]", r"tenants\[0\]\.admins\[0\]\.role: must be one of"),
-        ("api_keys: [{name: k, key: tiny}]", r"tenants\[0\]\.api_keys\[0\]\.key: must be at least 16"),
-        ("bindings: [{bot: cli_nope, agent: a}]", r"tenants\[0\]\.bindings\[0\]: unknown bot 'cli_nope'"),
-        ("agents: [{slug: a, model: m, base_url: 'http://localhost/v1'}, {slug: a, model: n, base_url: 'http://localhost/v1'}]",
-         r"tenants\[0\]\.agents\[1\]: same slug as tenants\[0\]\.agents\[0\]"),
-        ("bots: [{app_id: cli_1, app_secret: s, mode: carrier-pigeon}]", r"tenants\[0\]\.bots\[0\]\.mode: Value 'carrier-pigeon'"),
+        ("agents: [{slug: a, model: m, base_url: not-a-url}]", r"agents\[0\]\.base_url: Enter a valid URL"),
+        (f"agents: [{{slug: a, model: m, {URL}, colour: red}}]", r"agents\[0\]: unknown field 'colour'"),
+        (f"agents: [{{slug: a, model: m, {URL}, timeout: soon}}]", r"agents\[0\]\.timeout: .soon. value must be an"),
+        (f"agents: [{{slug: a, model: m, {URL}}}, {{slug: a, model: n, {URL}}}]",
+         r"agents\[1\]: same slug as tenants\[0\]\.agents\[0\]"),
+        ("admins: [{username: bob, password: short}]", r"admins\[0\]\.password: This password is too short"),
+        ("admins: [{username: bob, password: long-enough-1, role: king}]", r"admins\[0\]\.role: must be one of"),
+        ("api_keys: [{name: k, key: tiny}]", r"api_keys\[0\]\.key: must be at least 16"),
+        ("bindings: [{bot: cli_nope, agent: a}]", r"bindings\[0\]: unknown bot 'cli_nope'"),
+        ("bots: [{app_id: cli_1, app_secret: s, mode: carrier-pigeon}]", r"bots\[0\]\.mode: Value 'carrier-pigeon'"),
     ],
 )  # fmt: skip
 def test_it_rejects_a_bad_entry_with_a_message_naming_it(tmp_path, entry, message):
     path = write(tmp_path, f"tenants:\n  - slug: t1\n    name: T1\n    {entry}\n")
-    with pytest.raises(CommandError, match=message):
+    with pytest.raises(CommandError, match=r"tenants\[0\]\." + message):
         provision(path)
     assert counts()["Tenant"] == 0
 
