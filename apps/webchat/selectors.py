@@ -1,0 +1,113 @@
+"""Reads for the web chat, always scoped to the staff user's tenant memberships (fail closed)."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db.models import QuerySet
+
+from apps.agents.models import Agent
+from apps.tenants.models import Membership, Role, Tenant
+from apps.transcripts.models import Conversation, Message, Origin, Turn
+
+from .events import AgentInfo, HistoryItem
+
+# Chatting spends the tenant's LLM budget and writes transcripts: owners and admins, not viewers.
+CHAT_ROLES = (Role.OWNER, Role.ADMIN)
+HISTORY_LIMIT = 100
+ACTIVE_TURN_STATUSES = (Turn.Status.QUEUED, Turn.Status.RUNNING)
+
+
+def webchat_tenants_for_user(*, user) -> QuerySet[Tenant]:
+    """Active tenants where this active staff user may chat; none for anyone else."""
+    if not (user is not None and user.is_authenticated and user.is_active and user.is_staff):
+        return Tenant.objects.none()
+    memberships = Membership.objects.filter(user=user, role__in=CHAT_ROLES).values("tenant_id")
+    return Tenant.objects.filter(is_active=True, pk__in=memberships)
+
+
+def webchat_agents_for_user(*, user) -> QuerySet[Agent]:
+    """Active agents of the user's tenants, for the agent picker."""
+    tenants = webchat_tenants_for_user(user=user)
+    return (
+        Agent.objects.for_tenants(tenants)
+        .filter(is_active=True)
+        .select_related("tenant")
+        .order_by("tenant__name", "name", "slug")
+    )
+
+
+def webchat_agent_get(*, user, agent_id: int) -> Agent:
+    """The agent, looked up inside the user's tenants: a foreign id raises DoesNotExist like a missing one."""
+    return webchat_agents_for_user(user=user).get(pk=agent_id)
+
+
+def conversation_key_prefix(*, user, agent: Agent) -> str:
+    return f"web:{user.pk}:{agent.pk}:"
+
+
+def conversation_key(*, user, agent: Agent, session: int) -> str:
+    return f"{conversation_key_prefix(user=user, agent=agent)}{session}"
+
+
+def session_number(conversation: Conversation) -> int:
+    return int(conversation.key.rsplit(":", 1)[1])
+
+
+def webchat_conversation_latest(*, user, agent: Agent) -> Conversation | None:
+    """The user's most recent web chat session with this agent."""
+    return (
+        Conversation.objects.for_tenant(agent.tenant_id)
+        .filter(
+            origin=Origin.WEB, agent=agent, user=user, key__startswith=conversation_key_prefix(user=user, agent=agent)
+        )
+        .order_by("-id")
+        .first()
+    )
+
+
+def agent_is_demo(agent: Agent) -> bool:
+    """True when the agent talks to the local scripted demo model rather than a real LLM."""
+    demo_url = getattr(settings, "DEMO_LLM_BASE_URL", "") or ""
+    return bool(demo_url) and agent.base_url.rstrip("/") == demo_url.rstrip("/")
+
+
+def agent_info(agent: Agent) -> AgentInfo:
+    return AgentInfo(
+        id=agent.pk,
+        name=agent.name or agent.slug,
+        slug=agent.slug,
+        model=agent.model,
+        tenant=agent.tenant.name,
+        demo=agent_is_demo(agent),
+    )
+
+
+def webchat_history(*, conversation: Conversation, limit: int = HISTORY_LIMIT) -> list[HistoryItem]:
+    """The visible part of the current session: user and assistant messages and tool results, oldest first."""
+    qs = Message.objects.for_tenant(conversation.tenant_id).filter(
+        conversation=conversation, role__in=(Message.Role.USER, Message.Role.ASSISTANT, Message.Role.TOOL)
+    )
+    if conversation.session_started_at:
+        qs = qs.filter(created_at__gte=conversation.session_started_at)
+    rows = list(qs.order_by("-id")[:limit])
+    rows.reverse()
+    items: list[HistoryItem] = []
+    for m in rows:
+        item = HistoryItem(id=m.pk, role=m.role, status=m.status, text=m.content)
+        if m.tool_name:
+            item["tool_name"] = m.tool_name
+        if m.error_code:
+            item["error_code"] = m.error_code
+        items.append(item)
+    return items
+
+
+def webchat_conversation_busy(*, conversation: Conversation) -> bool:
+    """A turn is queued or running, or user messages wait for one."""
+    tenant_id = conversation.tenant_id
+    return (
+        Turn.objects.for_tenant(tenant_id).filter(conversation=conversation, status__in=ACTIVE_TURN_STATUSES).exists()
+        or Message.objects.for_tenant(tenant_id)
+        .filter(conversation=conversation, role=Message.Role.USER, status=Message.Status.PENDING)
+        .exists()
+    )
