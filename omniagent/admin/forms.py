@@ -1,0 +1,68 @@
+"""Base admin forms: secrets write-only, and every chosen related row in the row's own tenant."""
+
+from __future__ import annotations
+
+from django import forms
+
+from apps.tenants.models import Tenant
+from omniagent.admin.secrets import SecretFormMixin
+
+
+def owning_tenant_id(obj) -> int | None:
+    """The tenant a row belongs to (a Tenant owns itself); None for rows outside any tenant."""
+    if isinstance(obj, Tenant):
+        return obj.pk
+    return getattr(obj, "tenant_id", None)
+
+
+class TenantScopedModelForm(SecretFormMixin, forms.ModelForm):
+    """Refuses a bot, agent, ... of one tenant on a row of another (possible for multi-tenant staff)."""
+
+    # Set by TenantInlineFormSet: rows edited inline belong to their parent's tenant.
+    parent_tenant_id: int | None = None
+
+    def _row_tenant_id(self, cleaned) -> int | None:
+        tenant = cleaned.get("tenant")
+        if isinstance(tenant, Tenant):
+            return tenant.pk
+        return self.parent_tenant_id or getattr(self.instance, "tenant_id", None)
+
+    def clean(self):
+        cleaned = super().clean()
+        tenant_id = self._row_tenant_id(cleaned)
+        if tenant_id is None:
+            return cleaned
+        for name, field in self.fields.items():
+            value = cleaned.get(name)
+            if name == "tenant" or not isinstance(field, forms.ModelChoiceField) or value is None:
+                continue
+            for related in value if isinstance(field, forms.ModelMultipleChoiceField) else [value]:
+                related_tenant = owning_tenant_id(related)
+                if related_tenant is not None and related_tenant != tenant_id:
+                    kind = self._meta.model._meta.verbose_name
+                    self.add_error(name, f"“{related}” belongs to another tenant than this {kind}.")
+        return cleaned
+
+
+class TenantInlineFormSet(forms.BaseInlineFormSet):
+    """Inline rows take their tenant from the parent (bindings under a bot belong to the bot's tenant)."""
+
+    def _parent_tenant_id(self) -> int | None:
+        return owning_tenant_id(self.instance)
+
+    def _construct_form(self, i, **kwargs):
+        form = super()._construct_form(i, **kwargs)
+        tenant_id = self._parent_tenant_id()
+        form.parent_tenant_id = tenant_id
+        if tenant_id is not None and hasattr(form.instance, "tenant_id") and form.instance.pk is None:
+            form.instance.tenant_id = tenant_id
+        return form
+
+    def save_new(self, form, commit=True):
+        obj = super().save_new(form, commit=False)
+        if hasattr(obj, "tenant_id") and obj.tenant_id is None:
+            obj.tenant_id = self._parent_tenant_id()
+        if commit:
+            obj.save()
+            form.save_m2m()
+        return obj
