@@ -101,14 +101,14 @@ class StopResult:
 
 def webchat_turn_stop(*, conversation: Conversation) -> StopResult:
     """Cancel the running/queued turn and drop user messages still waiting for one (the Stop button)."""
-    from apps.runtime.services import turn_cancel
-
     result = StopResult()
     with transaction.atomic():
         turns = Turn.objects.for_tenant(conversation.tenant_id).filter(
             conversation=conversation, status__in=ACTIVE_TURN_STATUSES
         )
         for turn in turns:
+            from apps.runtime.services import turn_cancel
+
             turn_cancel(turn=turn)
             result.turn_ids.append(turn.pk)
         # Compare-and-swap: a message the runner already took (processing) belongs to the turn above.
