@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
@@ -24,7 +22,7 @@ async def closed_with(communicator) -> int | None:
         return code
     try:
         output = await communicator.receive_output(timeout=2)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return None
     finally:
         await communicator.disconnect()

@@ -30,7 +30,7 @@ async def drain(layer, channel: str) -> list[dict]:
     while True:
         try:
             message = await asyncio.wait_for(layer.receive(channel), timeout=0.5)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return events
         assert message["type"] == "webchat.event"
         events.append(message["event"])
@@ -95,7 +95,12 @@ async def test_it_coalesces_fast_tokens_without_losing_text(ctx):
     deltas = [e["delta"] for e in events if e["type"] == "text.delta"]
     assert "".join(deltas) == "abcde" * 20
     assert len(deltas) < 100  # coalesced: 100 tokens in well under MIN_INTERVAL each
-    assert events[-1] == {"type": "error", "turn_id": ctx.turn.pk, "code": "AGENT_001", "message": "思考超时，请简化问题重试"}
+    assert events[-1] == {
+        "type": "error",
+        "turn_id": ctx.turn.pk,
+        "code": "AGENT_001",
+        "message": "思考超时，请简化问题重试",
+    }
 
 
 async def test_it_replaces_text_that_no_longer_extends_what_was_sent(ctx, monkeypatch):
