@@ -1,3 +1,9 @@
 from django.urls import path
 
-urlpatterns: list = []
+from apps.feishu.views import feishu_webhook
+
+app_name = "feishu"
+
+urlpatterns = [
+    path("<str:app_id>/", feishu_webhook, name="webhook"),
+]

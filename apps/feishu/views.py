@@ -1,0 +1,157 @@
+"""Feishu webhook: verify the request, then hand the event to the ingest service; answer once it is committed.
+
+Order of checks (each failure is a 4xx with a JSON reason, logged, no rows written):
+size (413) → bot by app_id (404) → JSON (400) → decrypt (400) → signature (401, WEBHOOK_001) →
+timestamp window (401) → verification token (401) → url_verification challenge → schema 2.0 (400).
+A database that cannot be reached is a 503, so Feishu delivers the event again later.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import structlog
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
+from django.db import InterfaceError, OperationalError
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_POST
+
+from apps.bots.models import Bot
+from apps.feishu.events import DecryptError, event_decrypt, signature_valid, token_valid
+from apps.feishu.ingest import InvalidEvent, RetryLater, event_ingest
+from apps.transcripts.models import InboundEvent
+from omniagent.metrics import INBOUND_EVENTS
+
+try:  # the pool's own timeout, in case it escapes Django's error wrapping
+    from psycopg_pool import PoolTimeout
+except ImportError:  # pragma: no cover - embedded SQLite install without the pool
+    PoolTimeout = OperationalError
+
+logger = structlog.get_logger(__name__)
+
+DB_DOWN = (OperationalError, InterfaceError, PoolTimeout)
+
+
+def _reject(status: int, reason: str, *, app_id: str, code: str = "") -> JsonResponse:
+    log = logger.warning if status < 500 else logger.error
+    log("feishu.webhook_rejected", app_id=app_id[:64], status=status, reason=reason, code=code or None)
+    INBOUND_EVENTS.labels(source="webhook", outcome=f"rejected_{status}").inc()
+    body = {"error": reason}
+    if code:
+        body["code"] = code
+    return JsonResponse(body, status=status)
+
+
+def _body(request: HttpRequest, limit: int) -> bytes | None:
+    try:
+        declared = int(request.headers.get("Content-Length") or 0)
+    except ValueError:
+        declared = 0
+    if declared > limit:
+        return None
+    try:
+        body = request.body
+    except RequestDataTooBig:
+        return None
+    return body if len(body) <= limit else None
+
+
+def _token_of(payload: dict) -> object:
+    header = payload.get("header")
+    if isinstance(header, dict) and "token" in header:
+        return header.get("token")
+    return payload.get("token")
+
+
+@csrf_exempt  # Feishu cannot send a CSRF token; requests are authenticated by signature / token instead
+@require_POST
+def feishu_webhook(request: HttpRequest, app_id: str) -> JsonResponse:
+    body = _body(request, settings.FEISHU_WEBHOOK_MAX_BYTES)
+    if body is None:
+        return _reject(413, f"body larger than {settings.FEISHU_WEBHOOK_MAX_BYTES} bytes", app_id=app_id)
+    try:
+        return _handle(request, app_id, body)
+    except DB_DOWN as exc:
+        logger.error("feishu.webhook_db_unavailable", app_id=app_id[:64], error=type(exc).__name__)
+        INBOUND_EVENTS.labels(source="webhook", outcome="rejected_503").inc()
+        return JsonResponse({"error": "database unavailable, retry later"}, status=503)
+    except RetryLater as exc:
+        return _reject(503, str(exc), app_id=app_id)
+
+
+def _handle(request: HttpRequest, app_id: str, body: bytes) -> JsonResponse:
+    bot = (
+        Bot.objects.filter(app_id=app_id, is_active=True, tenant__is_active=True)
+        .only("id", "tenant_id", "app_id", "verification_token", "encrypt_key", "bot_open_id", "base_url")
+        .first()
+    )
+    if bot is None:
+        return _reject(404, "unknown app_id", app_id=app_id)
+
+    try:
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return _reject(400, "body is not JSON", app_id=app_id)
+    if not isinstance(payload, dict):
+        return _reject(400, "body is not a JSON object", app_id=app_id)
+
+    encrypted = "encrypt" in payload
+    if encrypted:
+        if not bot.encrypt_key:
+            return _reject(400, "encrypted body but the bot has no encrypt key", app_id=app_id)
+        if not isinstance(payload["encrypt"], str):
+            return _reject(400, "encrypt is not a string", app_id=app_id)
+        try:
+            payload = json.loads(event_decrypt(encrypt_key=bot.encrypt_key, ciphertext=payload["encrypt"]))
+        except (DecryptError, ValueError, UnicodeDecodeError) as exc:
+            return _reject(400, f"cannot decrypt body: {exc}", app_id=app_id)
+        if not isinstance(payload, dict):
+            return _reject(400, "decrypted body is not a JSON object", app_id=app_id)
+
+    is_challenge = payload.get("type") == "url_verification"
+    timestamp = request.headers.get("X-Lark-Request-Timestamp", "")
+    nonce = request.headers.get("X-Lark-Request-Nonce", "")
+    signature = request.headers.get("X-Lark-Signature", "")
+    # Feishu signs event pushes when an encrypt key is set; the URL challenge may come unsigned and is
+    # then protected by the verification token alone (it has no side effect).
+    must_sign = bool(bot.encrypt_key) and (bool(signature) or not is_challenge)
+    if must_sign and not (
+        timestamp
+        and nonce
+        and signature
+        and signature_valid(
+            timestamp=timestamp, nonce=nonce, encrypt_key=bot.encrypt_key, body=body, signature=signature
+        )
+    ):
+        return _reject(401, "signature check failed", app_id=app_id, code="WEBHOOK_001")
+    if timestamp:
+        try:
+            skew = abs(time.time() - int(timestamp))
+        except ValueError:
+            return _reject(401, "bad X-Lark-Request-Timestamp", app_id=app_id)
+        if skew > settings.FEISHU_WEBHOOK_REPLAY_WINDOW:
+            return _reject(401, "timestamp outside the replay window", app_id=app_id)
+
+    if bot.verification_token and not token_valid(expected=bot.verification_token, received=_token_of(payload)):
+        return _reject(401, "verification token mismatch", app_id=app_id)
+
+    if is_challenge:
+        challenge = payload.get("challenge")
+        if not isinstance(challenge, str):
+            return _reject(400, "challenge missing", app_id=app_id)
+        return JsonResponse({"challenge": challenge})
+
+    if payload.get("schema") != "2.0":
+        return _reject(400, "unsupported schema (only 2.0 events)", app_id=app_id)
+    header = payload.get("header")
+    if isinstance(header, dict) and header.get("app_id") not in (None, "", bot.app_id):
+        return _reject(400, "event is for another app_id", app_id=app_id)
+
+    try:
+        result = event_ingest(bot=bot, payload=payload, source=InboundEvent.Source.WEBHOOK)
+    except InvalidEvent as exc:
+        return _reject(400, str(exc), app_id=app_id)
+    return JsonResponse(result.response, json_dumps_params={"ensure_ascii": False})
