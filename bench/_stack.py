@@ -1,0 +1,367 @@
+"""Run the real OmniAgent stack as subprocesses for benchmarks, and measure it.
+
+    with Stack(name="concurrency") as stack:
+        stack.database_create()                      # DROP + CREATE omniagent_bench, then migrate
+        llm = stack.start_fake_llm(latency=2.0, text="...")
+        feishu = stack.start_fake_feishu()
+        web = stack.start_web()                      # uvicorn omniagent.asgi:application
+        stack.start_worker(concurrency=200)          # celery -A omniagent worker -P threads
+        stack.start_beat()
+        stack.django_setup()                         # this process may now use the ORM on the same DB
+        ...
+        stack.memory()                               # RSS/PSS of each process incl. children
+
+Every child gets the same environment: real mode (DATABASE_URL on a dedicated database, REDIS_URL on
+a dedicated Redis db that is flushed first), fixed bench keys, JSON logs at WARNING into
+bench/out/logs/<name>.log. Children are stopped (SIGTERM, then SIGKILL) on exit, also on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "bench" / "out"
+PYTHON = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv" / "bin" / "python").exists() else sys.executable
+PG_ADMIN_URL = os.environ.get("BENCH_PG_ADMIN_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(check: Callable[[], bool], *, timeout: float, what: str, proc: Proc | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.popen.poll() is not None:
+            raise RuntimeError(f"{what}: process exited with {proc.popen.returncode}; see {proc.log_path}")
+        with contextlib.suppress(Exception):
+            if check():
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"{what} not ready after {timeout:.0f} s" + (f"; see {proc.log_path}" if proc else ""))
+
+
+def http_ok(url: str) -> bool:
+    import httpx
+
+    return httpx.get(url, timeout=1).status_code < 500
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+# --- memory -----------------------------------------------------------------------------------------
+def _children_map() -> dict[int, list[int]]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # The command name may contain spaces and parentheses: the ppid follows the last ')'.
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    return children
+
+
+def process_tree(pid: int) -> list[int]:
+    """pid and all its descendants (Celery's pool, uvicorn's workers, ...)."""
+    children = _children_map()
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo.extend(children.get(p, []))
+    return tree
+
+
+def _status_kib(pid: int, field_name: str) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(field_name + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _pss_kib(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+@dataclass
+class Memory:
+    """Resident memory of one process tree, in MiB. RSS counts shared pages once per process (an
+    upper bound); PSS splits them between the processes sharing them (sums add up honestly)."""
+
+    rss_mib: float
+    pss_mib: float
+    processes: int
+
+
+def tree_memory(pid: int) -> Memory:
+    pids = process_tree(pid)
+    rss = sum(_status_kib(p, "VmRSS") for p in pids)
+    pss = sum(_pss_kib(p) for p in pids)
+    return Memory(rss_mib=rss / 1024, pss_mib=pss / 1024, processes=len(pids))
+
+
+# --- processes --------------------------------------------------------------------------------------
+@dataclass
+class Proc:
+    name: str
+    argv: list[str]
+    popen: subprocess.Popen
+    log_path: Path
+    port: int | None = None
+    measured: bool = True  # part of "the platform" (web, worker, beat), not a fake
+
+    def memory(self) -> Memory:
+        return tree_memory(self.popen.pid)
+
+    def stop(self, timeout: float = 10) -> None:
+        if self.popen.poll() is not None:
+            return
+        # Each child leads its own process group, so this reaches its pool too, and only it.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.popen.pid, signal.SIGTERM)
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait(5)
+
+
+@dataclass
+class MemorySampler:
+    """Samples the platform processes' memory in the background; keeps the peak of the total."""
+
+    procs: list[Proc]
+    interval: float = 0.25
+    peak_rss_mib: float = 0.0
+    peak_pss_mib: float = 0.0
+    peak_by_process: dict[str, float] = field(default_factory=dict)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def sample(self) -> None:
+        rss = pss = 0.0
+        for proc in self.procs:
+            m = proc.memory()
+            rss += m.rss_mib
+            pss += m.pss_mib
+            self.peak_by_process[proc.name] = max(self.peak_by_process.get(proc.name, 0.0), m.rss_mib)
+        self.peak_rss_mib = max(self.peak_rss_mib, rss)
+        self.peak_pss_mib = max(self.peak_pss_mib, pss)
+
+    def __enter__(self) -> MemorySampler:
+        def run() -> None:
+            while not self._stop.wait(self.interval):
+                self.sample()
+
+        self.sample()
+        self._thread = threading.Thread(target=run, name="memory-sampler", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join()
+        self.sample()
+
+
+class Stack:
+    """The platform (web, worker, beat) and the fakes (Feishu, LLM) as child processes."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        db_name: str = "omniagent_bench",
+        redis_url: str = "redis://127.0.0.1:6379/11",
+        env: dict[str, str] | None = None,
+        log_level: str = "warning",
+    ) -> None:
+        self.name = name
+        self.db_name = db_name
+        self.database_url = PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + db_name
+        self.redis_url = redis_url
+        self.log_dir = OUT / "logs" / name
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.procs: list[Proc] = []
+        # Fixed, bench-only keys: the bench database is thrown away after each run.
+        self.env = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "omniagent.settings",
+            "DATABASE_URL": self.database_url,
+            "REDIS_URL": redis_url,
+            "SECRET_KEY": "bench-secret-key-not-for-production",
+            "OMNIAGENT_ENCRYPTION_KEYS": base64.urlsafe_b64encode(b"omniagent-bench-key-".ljust(32, b"0")).decode(),
+            "ALLOWED_HOSTS": "127.0.0.1,localhost",
+            "LOG_FORMAT": "json",
+            "LOG_LEVEL": log_level,
+            "PYTHONUNBUFFERED": "1",
+            "PYTHONPATH": str(ROOT),
+            **(env or {}),
+        }
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def __enter__(self) -> Stack:
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+        self.procs.clear()
+
+    def start(
+        self,
+        name: str,
+        argv: list[str],
+        *,
+        ready: Callable[[], bool] | None = None,
+        timeout: float = 60,
+        port: int | None = None,
+        measured: bool = True,
+        env: dict[str, str] | None = None,
+    ) -> Proc:
+        log_path = self.log_dir / f"{name}.log"
+        log = open(log_path, "w")  # noqa: SIM115 - the child keeps writing after we return
+        popen = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            env={**self.env, **(env or {})},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        proc = Proc(name=name, argv=argv, popen=popen, log_path=log_path, port=port, measured=measured)
+        self.procs.append(proc)
+        if ready is not None:
+            wait_for(ready, timeout=timeout, what=name, proc=proc)
+        return proc
+
+    # -- database and redis ----------------------------------------------------------------------
+    def database_create(self) -> None:
+        """Start from an empty dedicated database and Redis db, then migrate."""
+        import psycopg
+        import redis
+
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)')
+            conn.execute(f'CREATE DATABASE "{self.db_name}"')
+        redis.Redis.from_url(self.redis_url).flushdb()
+        subprocess.run(
+            [PYTHON, "manage.py", "migrate", "--noinput", "-v", "0"],
+            cwd=ROOT,
+            env=self.env,
+            check=True,
+        )
+
+    def django_setup(self) -> None:
+        """Use the bench database from this process (provisioning, reading results)."""
+        for key in ("DJANGO_SETTINGS_MODULE", "DATABASE_URL", "REDIS_URL", "SECRET_KEY", "OMNIAGENT_ENCRYPTION_KEYS"):
+            os.environ[key] = self.env[key]
+        os.environ.setdefault("LOG_LEVEL", "warning")
+        import django
+
+        django.setup()
+
+    # -- the platform ----------------------------------------------------------------------------
+    def start_web(self, *, port: int | None = None, workers: int = 1) -> Proc:
+        port = port or free_port()
+        argv = [PYTHON, "-m", "uvicorn", "omniagent.asgi:application", "--host", "127.0.0.1", "--port", str(port)]
+        argv += ["--no-access-log", "--log-level", "warning", "--workers", str(workers)]
+        return self.start("web", argv, port=port, ready=lambda: http_ok(f"http://127.0.0.1:{port}/healthz"), timeout=60)
+
+    def start_worker(self, *, concurrency: int = 200) -> Proc:
+        argv = [PYTHON, "-m", "celery", "-A", "omniagent", "worker", "-P", "threads", "-c", str(concurrency)]
+        argv += ["-l", "warning", "--without-gossip", "--without-mingle", "-n", f"bench-{os.getpid()}@%h"]
+        proc = self.start("worker", argv)
+        wait_for(lambda: self._worker_ready(), timeout=60, what="worker", proc=proc)
+        return proc
+
+    def _worker_ready(self) -> bool:
+        from celery import Celery
+
+        app = Celery(broker=self.redis_url)
+        try:
+            return bool(app.control.ping(timeout=0.5))
+        finally:
+            app.close()
+
+    def start_beat(self) -> Proc:
+        schedule = self.log_dir / "beat-schedule"
+        argv = [PYTHON, "-m", "celery", "-A", "omniagent", "beat", "-l", "warning"]
+        argv += ["-S", "django_celery_beat.schedulers:DatabaseScheduler", "-s", str(schedule)]
+        proc = self.start("beat", argv)
+        time.sleep(1.0)  # beat has no readiness probe; make sure it did not die at start-up
+        if proc.popen.poll() is not None:
+            raise RuntimeError(f"beat exited with {proc.popen.returncode}; see {proc.log_path}")
+        return proc
+
+    # -- the fakes -------------------------------------------------------------------------------
+    def start_fake_llm(self, *, port: int | None = None, latency: float | None = None, text: str | None = None) -> Proc:
+        port = port or free_port()
+        argv = [PYTHON, "-m", "tests.fakes.llm", "--port", str(port)]
+        if latency is not None:
+            argv += ["--latency", str(latency)]
+        if text is not None:
+            argv += ["--text", text]
+        return self.start(
+            f"fake-llm-{port}", argv, port=port, measured=False, ready=lambda: port_open(port), timeout=30
+        )
+
+    def start_fake_feishu(self, *, port: int | None = None, extra: list[str] | None = None) -> Proc:
+        port = port or free_port()
+        argv = [PYTHON, "-m", "tests.fakes.feishu", "--port", str(port), *(extra or [])]
+        return self.start("fake-feishu", argv, port=port, measured=False, ready=lambda: port_open(port), timeout=30)
+
+    # -- measurements ----------------------------------------------------------------------------
+    def platform(self) -> list[Proc]:
+        return [p for p in self.procs if p.measured]
+
+    def memory(self) -> dict[str, Memory]:
+        return {p.name: p.memory() for p in self.platform()}
+
+    def sampler(self, interval: float = 0.25) -> MemorySampler:
+        return MemorySampler(self.platform(), interval=interval)
+
+    def check_alive(self) -> None:
+        for proc in self.procs:
+            if proc.popen.poll() is not None:
+                raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode}; see {proc.log_path}")
