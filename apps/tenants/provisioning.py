@@ -27,13 +27,12 @@ from django.db import models, transaction
 
 from apps.agents.models import Agent
 from apps.audit.models import AuditLog
+from apps.audit.services import audit_diff, audit_record, audit_snapshot
 from apps.bindings.models import Binding
 from apps.bots.models import Bot
 from apps.tenants.models import ApiKey, Membership, Role, Tenant, hash_api_key
-from omniagent.fields import EncryptedTextField
 
 ACTOR_LABEL = "provision"
-MASK = "***"
 API_KEY_PREFIX_LENGTH = 8
 API_KEY_MIN_LENGTH = 16
 
@@ -175,18 +174,6 @@ def _full_clean(obj: models.Model, where: str, *, aliases: Mapping[str, str] | N
         raise ProvisionError(f"{where}{suffix}: {'; '.join(messages)}") from None
 
 
-def _is_secret(model: type[models.Model], name: str) -> bool:
-    return isinstance(model._meta.get_field(name), EncryptedTextField)
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, models.Model):
-        return value.pk
-    if value is None or isinstance(value, bool | int | float | str | list | dict):
-        return value
-    return str(value)
-
-
 class _Provisioner:
     def __init__(self) -> None:
         self.report = ProvisionReport()
@@ -210,42 +197,27 @@ class _Provisioner:
             obj = model(**lookup, **values)
             _full_clean(obj, where, aliases=aliases)
             obj.save()
-            changes = {
-                name: MASK if _is_secret(model, name) else _jsonable(value)
-                for name, value in {**lookup, **values}.items()
-            }
             # A new tenant's own audit row belongs to that tenant.
-            self.audit(obj if isinstance(obj, Tenant) else tenant, AuditLog.Action.CREATE, obj, changes)
+            self.audit(obj if isinstance(obj, Tenant) else tenant, AuditLog.Action.CREATE, obj, {})
             self.report.created[kind] += 1
             return obj
         changed = {name: value for name, value in values.items() if getattr(obj, name) != value}
         if not changed:
             self.report.unchanged[kind] += 1
             return obj
-        diff = {
-            name: MASK if _is_secret(model, name) else {"old": _jsonable(getattr(obj, name)), "new": _jsonable(value)}
-            for name, value in changed.items()
-        }
+        before = audit_snapshot(obj)
         for name, value in changed.items():
             setattr(obj, name, value)
         _full_clean(obj, where, aliases=aliases)
         obj.save()
-        self.audit(tenant, AuditLog.Action.UPDATE, obj, diff)
+        self.audit(tenant, AuditLog.Action.UPDATE, obj, before)
         self.report.updated[kind] += 1
         return obj
 
-    def audit(self, tenant: Tenant | None, action: str, obj: models.Model, changes: dict) -> None:
-        # TODO(audit): switch to apps.audit.services.audit_record once it lands.
-        AuditLog.objects.create(
-            tenant=tenant,
-            actor=None,
-            actor_label=ACTOR_LABEL,
-            action=action,
-            object_type=obj._meta.label_lower,
-            object_id=str(obj.pk),
-            object_repr=str(obj)[:200],
-            changes=changes,
-        )
+    def audit(self, tenant: Tenant | None, action: str, obj: models.Model, before: dict) -> None:
+        # Secrets (encrypted fields, password, key hash) come out of audit_diff as "changed".
+        changes = audit_diff(before, audit_snapshot(obj))
+        audit_record(tenant=tenant, actor_label=ACTOR_LABEL, action=action, obj=obj, changes=changes)
 
     # --- entries -------------------------------------------------------------------------------
 
@@ -316,22 +288,21 @@ class _Provisioner:
                 user.set_password(password)
             _full_clean(user, where)
             user.save()
-            changes = {**{k: _jsonable(v) for k, v in values.items()}, "username": username, "password": MASK}
-            self.audit(tenant, AuditLog.Action.CREATE, user, changes)
+            self.audit(tenant, AuditLog.Action.CREATE, user, {})
             self.report.created["users"] += 1
         else:
+            before = audit_snapshot(user)
             changed = {name: value for name, value in values.items() if getattr(user, name) != value}
-            diff = {name: {"old": _jsonable(getattr(user, name)), "new": _jsonable(v)} for name, v in changed.items()}
             for name, value in changed.items():
                 setattr(user, name, value)
             # hashers.check_password, not user.check_password: the latter may re-hash and save.
             if password is not None and not check_password(password, user.password):
                 user.set_password(password)
-                diff["password"] = MASK
-            if diff:
+                changed["password"] = True
+            if changed:
                 _full_clean(user, where)
                 user.save()
-                self.audit(tenant, AuditLog.Action.UPDATE, user, diff)
+                self.audit(tenant, AuditLog.Action.UPDATE, user, before)
                 self.report.updated["users"] += 1
             else:
                 self.report.unchanged["users"] += 1

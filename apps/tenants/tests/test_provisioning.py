@@ -83,6 +83,13 @@ def test_it_applies_the_design_shape_with_secrets_encrypted_and_the_key_hashed(a
     bindings = Binding.objects.filter(bot=bot, agent=agent).order_by("chat_type")
     assert [(b.chat_type, b.require_mention) for b in bindings] == [("group", True), ("p2p", True)]
     assert "total: 8 created, 0 updated, 0 unchanged" in out
+    audited = AuditLog.objects.filter(actor_label="provision", action="create")
+    assert sorted(audited.values_list("object_type", flat=True)) == [
+        "agents.Agent", "auth.User", "bindings.Binding", "bindings.Binding",
+        "bots.Bot", "tenants.ApiKey", "tenants.Membership", "tenants.Tenant",
+    ]  # fmt: skip
+    assert set(audited.values_list("tenant", flat=True)) == {tenant.pk}
+    assert AuditLog.objects.get(object_type="bots.Bot").changes["app_secret"] == "changed"
 
     # The admin logs in with the given password.
     assert client.login(username="alice", password=ACME_ENV["ALICE_PASSWORD"])
@@ -122,9 +129,9 @@ def test_it_updates_only_what_changed_and_audits_it_without_the_secret(acme_env,
     assert Agent.objects.get().updated_at == agent_stamp
     assert User.objects.get(username="alice").check_password("alice-password-2")
     new_rows = AuditLog.objects.order_by("id")[audits:]
-    assert {(row.actor_label, row.action, row.object_type) for row in new_rows} == {
-        ("provision", "update", "bots.bot"),
-        ("provision", "update", "auth.user"),
+    assert {(row.actor_label, row.action, row.object_type): row.changes for row in new_rows} == {
+        ("provision", "update", "bots.Bot"): {"app_secret": "changed"},
+        ("provision", "update", "auth.User"): {"password": "changed"},
     }
     assert "rotated-app-secret" not in repr([row.changes for row in new_rows])
     assert "alice-password-2" not in repr([row.changes for row in new_rows])
