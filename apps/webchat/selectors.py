@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from django.conf import settings
 from django.db.models import QuerySet
 
@@ -15,6 +17,8 @@ from .events import AgentInfo, HistoryItem
 CHAT_ROLES = (Role.OWNER, Role.ADMIN)
 HISTORY_LIMIT = 100
 ACTIVE_TURN_STATUSES = (Turn.Status.QUEUED, Turn.Status.RUNNING)
+DEMO_MODEL = "omniagent-demo"  # tests/fakes/llm.py DEMO_MODEL, served by bin/run's demo LLM
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 def webchat_tenants_for_user(*, user) -> QuerySet[Tenant]:
@@ -66,9 +70,13 @@ def webchat_conversation_latest(*, user, agent: Agent) -> Conversation | None:
 
 
 def agent_is_demo(agent: Agent) -> bool:
-    """True when the agent talks to the local scripted demo model rather than a real LLM."""
+    """True when the agent talks to the local scripted demo model (bin/run without LLM_BASE_URL)."""
     demo_url = getattr(settings, "DEMO_LLM_BASE_URL", "") or ""
-    return bool(demo_url) and agent.base_url.rstrip("/") == demo_url.rstrip("/")
+    if demo_url and agent.base_url.rstrip("/") == demo_url.rstrip("/"):
+        return True
+    # The demo model (tests/fakes/llm.py) serves this model name on a loopback address.
+    host = urlsplit(agent.base_url).hostname or ""
+    return agent.model == DEMO_MODEL and host in LOOPBACK_HOSTS
 
 
 def agent_info(agent: Agent) -> AgentInfo:

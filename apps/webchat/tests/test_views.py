@@ -56,6 +56,14 @@ def test_it_labels_the_local_demo_model(client, personas, settings):
     assert "demo model" in client.get(reverse("webchat:chat", args=[agent.pk])).content.decode()
 
 
+def test_it_labels_the_bin_run_demo_agent_but_not_a_real_model_of_that_name(client, personas):
+    demo = AgentFactory(tenant=personas.tenant_a, base_url="http://127.0.0.1:8100/v1", model="omniagent-demo")
+    real = AgentFactory(tenant=personas.tenant_a, base_url="https://api.example.com/v1", model="omniagent-demo")
+    client.force_login(personas.owner_a)
+    assert "demo model" in client.get(reverse("webchat:chat", args=[demo.pk])).content.decode()
+    assert "demo model" not in client.get(reverse("webchat:chat", args=[real.pk])).content.decode()
+
+
 def test_viewers_get_no_agents_to_chat_with(client, personas, agents):
     client.force_login(personas.viewer_a)
     assert client.get(reverse("webchat:chat", args=[agents[0].pk])).status_code == 404
