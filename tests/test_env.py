@@ -5,6 +5,7 @@ server would, because settings are read once per process.
 """
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -99,3 +100,12 @@ def test_it_starts_in_real_mode_when_everything_required_is_set(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "started" in result.stdout
     assert not (tmp_path / "data" / "secret_key").exists()
+
+
+def test_every_variable_the_settings_read_is_documented_in_the_example_env():
+    read = set()
+    for path in (ROOT / "omniagent").glob("*.py"):
+        read |= set(re.findall(r"env_[a-z]+\(\s*\"([A-Z][A-Z0-9_]+)\"", path.read_text()))
+    documented = set(re.findall(r"^#?([A-Z][A-Z0-9_]+)=", (ROOT / "config" / "example.env").read_text(), re.M))
+    assert {"DATABASE_URL", "SECRET_KEY", "OMNIAGENT_ENCRYPTION_KEYS"} <= read
+    assert read - documented == set()
