@@ -47,6 +47,11 @@ class TenantScopedModelForm(SecretFormMixin, forms.ModelForm):
 class TenantInlineFormSet(forms.BaseInlineFormSet):
     """Inline rows take their tenant from the parent (bindings under a bot belong to the bot's tenant)."""
 
+    @classmethod
+    def get_default_prefix(cls) -> str:
+        # Tenant FKs have related_name="+", which leaves Django without a prefix ("-1-0-user").
+        return super().get_default_prefix() or f"{cls.model._meta.model_name}s"
+
     def _parent_tenant_id(self) -> int | None:
         return owning_tenant_id(self.instance)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from django.contrib import admin
 from django.contrib.auth import get_user_model
 from django.db import router, transaction
-from django.db.models import Model, QuerySet
+from django.db.models import Model, QuerySet, URLField
 from django.http import Http404, HttpRequest
 
 from apps.audit.models import AuditLog
@@ -55,6 +55,8 @@ class _ScopingMixin:
                 label=db_field.verbose_name.capitalize(),
                 help_text=db_field.help_text,
             )
+        if isinstance(db_field, URLField):
+            kwargs.setdefault("assume_scheme", "https")  # what Django 6 will do; silences its warning
         return super().formfield_for_dbfield(db_field, request, **kwargs)
 
     def formfield_for_foreignkey(self, db_field, request, **kwargs):
