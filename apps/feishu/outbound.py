@@ -1,0 +1,141 @@
+"""Logged sends: every message the product sends to Feishu gets an OutboundMessage row first.
+
+The row is keyed by (bot, uuid) where the uuid is derived from what the message answers, so
+- a repeated call (retried task, replayed event) finds the row already sent and sends nothing;
+- a send that reached Feishu but whose answer got lost is deduplicated by Feishu on the same uuid;
+- a failed send stays visible (status, attempts, last error) and `outbound_retry` re-sends it with the
+  same uuid.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid as uuid_lib
+
+import structlog
+from django.db import transaction
+from django.utils import timezone
+
+from apps.feishu.client import FeishuClient, FeishuError
+from apps.feishu.models import OutboundMessage
+
+logger = structlog.get_logger(__name__)
+
+# Fixed namespace: the same parts give the same uuid in every process, forever.
+_NAMESPACE = uuid_lib.UUID("6f1d3c1e-5b0a-4f57-9a53-0e7f4a1c2b90")
+OPERATIONS = ("reply", "create")
+
+
+def outbound_uuid(*parts: object) -> str:
+    """Deterministic send uuid (36 chars, within Feishu's 50) from e.g. (inbound message id, part number)."""
+    if not parts:
+        raise ValueError("outbound_uuid needs at least one part")
+    return str(uuid_lib.uuid5(_NAMESPACE, "\x1f".join(str(p) for p in parts)))
+
+
+def outbound_send(
+    *,
+    bot,
+    uuid: str,
+    operation: str,
+    receive_id: str,
+    receive_id_type: str = "",
+    msg_type: str,
+    content: dict,
+    reply_in_thread: bool = False,
+    conversation=None,
+    trace_id: str = "",
+) -> OutboundMessage:
+    """Record then send one message. Never raises FeishuError: a failure is the row's status.
+
+    operation "reply": `receive_id` is the message replied to; "create": a chat/user id of
+    `receive_id_type`. Call it outside database transactions (it is the side effect itself).
+    """
+    if operation not in OPERATIONS:
+        raise ValueError(f"operation must be one of {OPERATIONS}, got {operation!r}")
+    if operation == "create" and not receive_id_type:
+        raise ValueError("operation 'create' needs receive_id_type")
+    if not uuid or len(uuid) > 50:
+        raise ValueError("uuid must be 1..50 characters (Feishu's limit)")
+    content_json = json.dumps(content, ensure_ascii=False, separators=(",", ":"))
+    outbound, created = OutboundMessage.objects.get_or_create(
+        bot=bot,
+        uuid=uuid,
+        defaults={
+            "tenant_id": bot.tenant_id,
+            "conversation": conversation,
+            "operation": operation,
+            "receive_id": receive_id,
+            "receive_id_type": receive_id_type,
+            "msg_type": msg_type,
+            "content": content_json,
+            "reply_in_thread": reply_in_thread,
+            "trace_id": trace_id,
+        },
+    )
+    if not created:
+        if outbound.status == OutboundMessage.Status.SENT:
+            logger.info("feishu.outbound.already_sent", outbound_id=outbound.pk, uuid=uuid, bot=bot.app_id)
+            return outbound
+        if outbound.content != content_json or outbound.msg_type != msg_type:
+            # Feishu would deduplicate on the uuid anyway; keep what the row (and admin) shows truthful
+            logger.warning("feishu.outbound.content_changed_on_resend", outbound_id=outbound.pk, uuid=uuid)
+    return _deliver(outbound, bot=bot)
+
+
+def outbound_retry(*, outbound: OutboundMessage) -> OutboundMessage:
+    """Re-send a failed (or stuck pending) message with its original uuid; a sent one is left alone."""
+    if outbound.status == OutboundMessage.Status.SENT:
+        return outbound
+    return _deliver(outbound, bot=outbound.bot)
+
+
+def _deliver(outbound: OutboundMessage, *, bot) -> OutboundMessage:
+    # count the attempt before leaving the process, so a crash mid-send still shows it
+    with transaction.atomic():
+        locked = OutboundMessage.objects.select_for_update().get(pk=outbound.pk)
+        if locked.status == OutboundMessage.Status.SENT:
+            return locked
+        locked.attempts += 1
+        locked.status = OutboundMessage.Status.PENDING
+        locked.save(update_fields=["attempts", "status", "updated_at"])
+    outbound = locked
+    client = FeishuClient.for_bot(bot)
+    content = json.loads(outbound.content)
+    log = logger.bind(outbound_id=outbound.pk, uuid=outbound.uuid, bot=bot.app_id, trace_id=outbound.trace_id)
+    try:
+        if outbound.operation == "reply":
+            message_id = client.reply_message(
+                message_id=outbound.receive_id,
+                msg_type=outbound.msg_type,
+                content=content,
+                uuid=outbound.uuid,
+                reply_in_thread=outbound.reply_in_thread,
+            )
+        else:
+            message_id = client.send_message(
+                receive_id=outbound.receive_id,
+                receive_id_type=outbound.receive_id_type,
+                msg_type=outbound.msg_type,
+                content=content,
+                uuid=outbound.uuid,
+            )
+    except FeishuError as exc:
+        outbound.status = OutboundMessage.Status.FAILED
+        outbound.last_error = str(exc)[:500]
+        outbound.save(update_fields=["status", "last_error", "updated_at"])
+        log.error("feishu.outbound.failed", code=exc.code, log_id=exc.log_id, retryable=exc.retryable)
+        return outbound
+    except Exception as exc:  # a bug or an unreadable answer: still visible in the admin, then surfaced
+        outbound.status = OutboundMessage.Status.FAILED
+        outbound.last_error = f"{exc.__class__.__name__}: {exc}"[:500]
+        outbound.save(update_fields=["status", "last_error", "updated_at"])
+        log.exception("feishu.outbound.crashed")
+        raise
+    outbound.status = OutboundMessage.Status.SENT
+    outbound.feishu_message_id = message_id
+    outbound.sent_at = timezone.now()
+    outbound.last_error = ""
+    outbound.save(update_fields=["status", "feishu_message_id", "sent_at", "last_error", "updated_at"])
+    log.info("feishu.outbound.sent", feishu_message_id=message_id, attempts=outbound.attempts)
+    return outbound

@@ -1,0 +1,1 @@
+"""Fakes for what lies outside the machine (Feishu Open API, ...), speaking the real wire protocols."""
