@@ -1,8 +1,16 @@
-"""Turn pipeline entry point (implemented by the agent runtime work, issue 4)."""
+"""Agent runtime services (the public surface other apps call).
+
+- ``conversation_process``: answer a conversation's pending messages (called by the task runner).
+- ``turn_cancel``: stop a running turn (the API; /stop in a chat does the same).
+- ``conversation_reset``: start a fresh session (/reset).
+- ``conversations_sweep``: re-enqueue conversations with unanswered messages and no live runner.
+- ``periodic_tasks_sync``: declare this app's beat schedules in django-celery-beat.
+"""
 
 from __future__ import annotations
 
+from apps.runtime.commands import conversation_reset, turn_cancel
+from apps.runtime.runner import conversation_process, conversations_sweep
+from apps.runtime.schedules import periodic_tasks_sync
 
-def conversation_process(*, conversation_id: int) -> None:
-    """Answer the conversation's pending user messages, one turn at a time, in arrival order."""
-    raise NotImplementedError("agent runtime not built yet")
+__all__ = ["conversation_process", "conversation_reset", "conversations_sweep", "periodic_tasks_sync", "turn_cancel"]

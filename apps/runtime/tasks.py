@@ -1,8 +1,28 @@
-from celery import shared_task
+"""Thin Celery tasks: ids in, a service call, nothing returned.
 
-from apps.runtime.services import conversation_process
+Run the worker with a thread pool: turns wait on the LLM most of the time, so one process keeps
+hundreds in flight (``celery -A omniagent worker -P threads -c 200``) while sharing the DB pool.
+"""
+
+from celery import shared_task
+from django.db import close_old_connections
+
+from apps.runtime.services import conversation_process, conversations_sweep
 
 
 @shared_task(name="runtime.conversation_process", ignore_result=True)
 def conversation_process_task(conversation_id: int) -> None:
-    conversation_process(conversation_id=conversation_id)
+    close_old_connections()
+    try:
+        conversation_process(conversation_id=conversation_id)
+    finally:
+        close_old_connections()
+
+
+@shared_task(name="runtime.conversations_sweep", ignore_result=True)
+def conversations_sweep_task() -> None:
+    close_old_connections()
+    try:
+        conversations_sweep()
+    finally:
+        close_old_connections()

@@ -1,0 +1,278 @@
+"""LLM calls through the official openai SDK: streaming, tool calls, retries, fallback, deadline.
+
+One ``openai.OpenAI`` client per (base_url, api_key) per process, so HTTP connections are pooled
+across turns. The SDK's own retries are off: they do not know the turn's deadline. Here a logical
+call (primary, its retries, then the fallback model) must finish within ``agent.timeout`` seconds
+or it ends with AGENT_001; the watchdog interrupts a stream that is blocked past its deadline or
+whose turn was cancelled.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import openai
+import structlog
+
+from apps.runtime.errors import LLMTimeout, TurnCancelled, TurnError
+
+if TYPE_CHECKING:
+    from apps.agents.models import Agent
+    from apps.runtime.watch import ActiveTurn
+
+logger = structlog.get_logger(__name__)
+
+RETRIES = 2  # per model, for transient errors only
+BACKOFF_BASE = 0.5
+
+_clients: dict[tuple[str, str], openai.OpenAI] = {}
+_clients_lock = threading.Lock()
+
+
+def llm_client(*, base_url: str, api_key: str) -> openai.OpenAI:
+    key = (base_url, api_key)
+    with _clients_lock:
+        client = _clients.get(key)
+        if client is None:
+            # Some self-hosted endpoints take no key; the SDK insists on a non-empty one.
+            client = openai.OpenAI(base_url=base_url, api_key=api_key or "none", max_retries=0)
+            _clients[key] = client
+        return client
+
+
+@dataclass
+class CallRecord:
+    """One HTTP request to a model (an LLMCall row once saved)."""
+
+    model: str
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    first_token_ms: int | None = None
+    latency_ms: int | None = None
+    ok: bool = True
+    error: str = ""
+
+
+@dataclass
+class Completion:
+    text: str = ""
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)  # [{"id", "name", "arguments"}]
+    finish_reason: str = ""
+    model: str = ""
+
+
+def _transient(exc: Exception) -> bool:
+    if isinstance(exc, openai.APIConnectionError):  # includes APITimeoutError
+        return True
+    if isinstance(exc, openai.APIStatusError):
+        return exc.status_code in (408, 409, 429) or exc.status_code >= 500
+    return False
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, openai.APIStatusError):
+        return f"HTTP {exc.status_code}: {str(exc.message)[:200]}"
+    return f"{type(exc).__name__}: {str(exc)[:200]}"
+
+
+class LLMSession:
+    """The LLM calls of one turn; ``calls`` collects a record per HTTP request."""
+
+    def __init__(self, *, agent: Agent, active: ActiveTurn | None = None, trace_id: str = "") -> None:
+        self.agent = agent
+        self.active = active
+        self.trace_id = trace_id
+        self.calls: list[CallRecord] = []
+        self.client = llm_client(base_url=agent.base_url, api_key=agent.api_key or "")
+
+    # -- public ----------------------------------------------------------------------------
+    def chat(
+        self,
+        *,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None = None,
+        on_text: Callable[[str], None] | None = None,
+        stream: bool = True,
+        max_tokens: int | None = None,
+    ) -> Completion:
+        """One logical call: the primary model with retries, then the fallback, within agent.timeout."""
+        deadline = time.monotonic() + self.agent.timeout
+        models = [self.agent.model]
+        if self.agent.fallback_model and self.agent.fallback_model != self.agent.model:
+            models.append(self.agent.fallback_model)
+        last_error = "no model configured"
+        for model in models:
+            for attempt in range(RETRIES + 1):
+                self._check(deadline)
+                try:
+                    return self._call(model, messages, tools, on_text, stream, deadline, max_tokens)
+                except (TurnCancelled, LLMTimeout):
+                    raise
+                except openai.OpenAIError as exc:
+                    self._check(deadline)  # an interrupted stream surfaces as a connection error
+                    last_error = _describe(exc)
+                    logger.warning("llm.call_failed", model=model, attempt=attempt, error=last_error)
+                    if not _transient(exc) or attempt == RETRIES:
+                        break
+                    self._sleep(BACKOFF_BASE * (2**attempt) * (0.5 + random.random()), deadline)
+            if model != models[-1]:
+                logger.info("llm.fallback", model=models[-1], after=model)
+        raise TurnError("AGENT_003", last_error)
+
+    # -- internals -------------------------------------------------------------------------
+    def _check(self, deadline: float) -> None:
+        if self.active is not None and self.active.cancelled.is_set():
+            raise TurnCancelled()
+        if time.monotonic() >= deadline or (self.active is not None and self.active.timed_out.is_set()):
+            raise LLMTimeout(f"no answer within {self.agent.timeout} s")
+
+    def _sleep(self, seconds: float, deadline: float) -> None:
+        end = min(time.monotonic() + seconds, deadline)
+        while time.monotonic() < end:
+            self._check(deadline)
+            time.sleep(min(0.1, max(0.0, end - time.monotonic())))
+
+    def _call(
+        self,
+        model: str,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None,
+        on_text: Callable[[str], None] | None,
+        stream: bool,
+        deadline: float,
+        max_tokens: int | None,
+    ) -> Completion:
+        record = CallRecord(model=model)
+        self.calls.append(record)
+        started = time.monotonic()
+        remaining = max(0.1, deadline - started)
+        kwargs: dict[str, Any] = {
+            "model": model,
+            "messages": messages,
+            "temperature": self.agent.temperature,
+            "max_tokens": max_tokens or self.agent.max_output_tokens,
+            "timeout": remaining,
+            "extra_headers": {"X-Trace-Id": self.trace_id} if self.trace_id else None,
+        }
+        if tools:
+            kwargs["tools"] = tools
+        if self.active is not None:
+            self.active.timed_out.clear()
+            self.active.deadline = deadline
+        try:
+            if stream:
+                result = self._stream(record, kwargs, on_text, started, deadline)
+            else:
+                response = self.client.chat.completions.create(**kwargs)
+                choice = response.choices[0]
+                result = Completion(
+                    text=choice.message.content or "",
+                    tool_calls=[
+                        {"id": c.id, "name": c.function.name, "arguments": c.function.arguments or "{}"}
+                        for c in choice.message.tool_calls or []
+                        if getattr(c, "function", None)
+                    ],
+                    finish_reason=choice.finish_reason or "",
+                    model=model,
+                )
+                if response.usage:
+                    record.input_tokens = response.usage.prompt_tokens
+                    record.output_tokens = response.usage.completion_tokens
+                record.first_token_ms = int((time.monotonic() - started) * 1000)
+        except BaseException as exc:
+            record.ok = False
+            record.error = "cancelled" if isinstance(exc, TurnCancelled) else _describe(exc)[:300]
+            if isinstance(exc, openai.OpenAIError):
+                try:
+                    self._check(deadline)
+                except (TurnCancelled, LLMTimeout) as signal:
+                    record.error = "cancelled" if isinstance(signal, TurnCancelled) else "timeout"
+                    raise signal from exc
+            raise
+        finally:
+            record.latency_ms = int((time.monotonic() - started) * 1000)
+            if self.active is not None:
+                self.active.deadline = None
+        return result
+
+    def _stream(
+        self,
+        record: CallRecord,
+        kwargs: dict[str, Any],
+        on_text: Callable[[str], None] | None,
+        started: float,
+        deadline: float,
+    ) -> Completion:
+        response = self.client.chat.completions.create(stream=True, stream_options={"include_usage": True}, **kwargs)
+        sock = self.active.attach_response(response.response) if self.active is not None else None
+        text = ""
+        calls: dict[int, dict[str, Any]] = {}
+        finish = ""
+        try:
+            for chunk in response:
+                self._check(deadline)
+                if chunk.usage:
+                    record.input_tokens = chunk.usage.prompt_tokens
+                    record.output_tokens = chunk.usage.completion_tokens
+                if not chunk.choices:
+                    continue
+                choice = chunk.choices[0]
+                delta = choice.delta
+                if choice.finish_reason:
+                    finish = choice.finish_reason
+                if delta is None:
+                    continue
+                if (delta.content or delta.tool_calls) and record.first_token_ms is None:
+                    record.first_token_ms = int((time.monotonic() - started) * 1000)
+                if delta.content:
+                    text += delta.content
+                    if on_text is not None:
+                        on_text(text)
+                for part in delta.tool_calls or []:
+                    slot = calls.setdefault(part.index, {"id": "", "name": "", "arguments": ""})
+                    if part.id:
+                        slot["id"] = part.id
+                    if part.function is not None:
+                        if part.function.name:
+                            slot["name"] += part.function.name
+                        if part.function.arguments:
+                            slot["arguments"] += part.function.arguments
+        finally:
+            if self.active is not None:
+                self.active.detach(sock)
+            response.close()
+        tool_calls = []
+        for index in sorted(calls):
+            call = calls[index]
+            if not call["name"]:
+                continue
+            tool_calls.append(
+                {"id": call["id"] or f"call_{index}", "name": call["name"], "arguments": call["arguments"] or "{}"}
+            )
+        return Completion(text=text, tool_calls=tool_calls, finish_reason=finish, model=record.model)
+
+
+def tool_calls_message(text: str, tool_calls: list[dict[str, Any]]) -> dict[str, Any]:
+    """The assistant message that asked for these tool calls, as the API expects it back."""
+    return {
+        "role": "assistant",
+        "content": text or None,
+        "tool_calls": [
+            {"id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}}
+            for c in tool_calls
+        ],
+    }
+
+
+def parse_arguments(arguments: str) -> dict[str, Any]:
+    try:
+        value = json.loads(arguments or "{}")
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}

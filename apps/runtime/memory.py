@@ -1,0 +1,154 @@
+"""Short-term memory: the recent rounds of the current session, within a token budget.
+
+A round is one succeeded turn: its user message and the assistant's answer (tool traffic is not
+replayed; the answer carries what the tools found). The session restarts after /reset or when the
+previous message is older than ``agent.memory_idle_minutes``. The last ``agent.memory_rounds``
+rounds that fit ``agent.memory_token_budget`` are replayed; older rounds of the session are folded
+into ``conversation.summary`` by one LLM call, so nothing is cut silently.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from django.utils import timezone
+
+from apps.transcripts.models import Conversation, Message, Turn
+
+if TYPE_CHECKING:
+    from apps.agents.models import Agent
+    from apps.runtime.llm import LLMSession
+
+logger = structlog.get_logger(__name__)
+
+_WIDE = re.compile(r"[\u2e80-\u9fff\uac00-\ud7af\uf900-\ufaff\uff00-\uffef]")
+
+SUMMARY_PROMPT = (
+    "你是对话摘要助手。请把【已有摘要】和【新增对话】合并成一段简洁的中文摘要，"
+    "保留用户的目标、偏好、已确认的事实、数字和结论，省略寒暄。不超过 300 字，只输出摘要本身。"
+)
+
+
+def estimate_tokens(text: str) -> int:
+    """Cheap token estimate: one per CJK character, one per four other characters."""
+    if not text:
+        return 0
+    wide = len(_WIDE.findall(text))
+    return wide + (len(text) - wide + 3) // 4
+
+
+@dataclass
+class Round:
+    messages: list[Message] = field(default_factory=list)
+
+    @property
+    def last_id(self) -> int:
+        return self.messages[-1].pk
+
+    @property
+    def tokens(self) -> int:
+        return sum(estimate_tokens(m.content) + 4 for m in self.messages)
+
+    def as_chat(self) -> list[dict[str, Any]]:
+        return [{"role": m.role, "content": m.content} for m in self.messages]
+
+
+def session_refresh(*, conversation: Conversation, agent: Agent, message: Message) -> bool:
+    """Start a new session if this is the first message or the previous one is older than the idle TTL."""
+    previous = (
+        Message.objects.filter(
+            conversation=conversation, id__lt=message.pk, role__in=[Message.Role.USER, Message.Role.ASSISTANT]
+        )
+        .order_by("-id")
+        .values_list("created_at", flat=True)
+        .first()
+    )
+    idle = timedelta(minutes=agent.memory_idle_minutes)
+    stale = previous is not None and message.created_at - previous > idle
+    if conversation.session_started_at is not None and not stale:
+        return False
+    session_start(conversation=conversation, at=message.created_at if stale else conversation.created_at)
+    if stale:
+        logger.info("memory.session_expired", idle_minutes=agent.memory_idle_minutes)
+    return True
+
+
+def session_start(*, conversation: Conversation, at=None) -> None:
+    """Forget the history before ``at`` (now by default): a new session with an empty summary."""
+    conversation.session_started_at = at or timezone.now()
+    conversation.summary = ""
+    conversation.summary_upto_id = None
+    Conversation.objects.filter(pk=conversation.pk).update(
+        session_started_at=conversation.session_started_at, summary="", summary_upto_id=None
+    )
+
+
+def history_rounds(*, conversation: Conversation, before_id: int) -> list[Round]:
+    """Succeeded rounds of the current session that are not folded into the summary, oldest first."""
+    qs = Message.objects.filter(
+        conversation=conversation,
+        id__lt=before_id,
+        role__in=[Message.Role.USER, Message.Role.ASSISTANT],
+        turn__status=Turn.Status.SUCCEEDED,
+    ).exclude(content="")
+    if conversation.session_started_at is not None:
+        qs = qs.filter(created_at__gte=conversation.session_started_at)
+    if conversation.summary_upto_id:
+        qs = qs.filter(id__gt=conversation.summary_upto_id)
+    rounds: dict[int, Round] = {}
+    for message in qs.order_by("id").only("id", "role", "content", "turn_id"):
+        rounds.setdefault(message.turn_id, Round()).messages.append(message)
+    return [r for r in rounds.values() if r.messages]
+
+
+def memory_select(*, rounds: list[Round], agent: Agent, summary: str) -> tuple[list[Round], list[Round]]:
+    """Split rounds into (to fold, to keep): keep the newest that fit the round and token limits."""
+    budget = agent.memory_token_budget - estimate_tokens(summary)
+    keep: list[Round] = []
+    used = 0
+    for round_ in reversed(rounds):
+        if len(keep) >= agent.memory_rounds or used + round_.tokens > budget:
+            break
+        keep.append(round_)
+        used += round_.tokens
+    keep.reverse()
+    return rounds[: len(rounds) - len(keep)], keep
+
+
+def memory_fold(*, conversation: Conversation, rounds: list[Round], llm: LLMSession) -> bool:
+    """Fold ``rounds`` into the conversation summary with one LLM call; False (and logged) on failure."""
+    from apps.runtime.errors import TurnCancelled, TurnError
+
+    lines = []
+    for round_ in rounds:
+        for m in round_.messages:
+            who = "用户" if m.role == Message.Role.USER else "助手"
+            lines.append(f"{who}：{m.content}")
+    prompt = f"【已有摘要】\n{conversation.summary or '（无）'}\n\n【新增对话】\n" + "\n".join(lines)
+    try:
+        completion = llm.chat(
+            messages=[{"role": "system", "content": SUMMARY_PROMPT}, {"role": "user", "content": prompt}],
+            stream=False,
+            max_tokens=600,
+        )
+    except TurnCancelled:
+        raise
+    except TurnError as exc:
+        # Not silent: the older rounds stay unfolded and are tried again next turn.
+        logger.warning("memory.fold_failed", code=exc.code, detail=exc.detail, rounds=len(rounds))
+        return False
+    summary = completion.text.strip()
+    if not summary:
+        logger.warning("memory.fold_empty", rounds=len(rounds))
+        return False
+    conversation.summary = summary
+    conversation.summary_upto_id = rounds[-1].last_id
+    Conversation.objects.filter(pk=conversation.pk).update(
+        summary=summary, summary_upto_id=conversation.summary_upto_id
+    )
+    logger.info("memory.folded", rounds=len(rounds), summary_tokens=estimate_tokens(summary))
+    return True

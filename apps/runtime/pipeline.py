@@ -1,0 +1,454 @@
+"""The turn: RESTORE → BUILD → RUN → SAVE → RESPOND, each timed into Turn.timings (ms).
+
+``message_process`` answers one claimed user message (the runner in runner.py guarantees one at a
+time per conversation, in arrival order). Commands are answered without the LLM.
+
+Database connections: the turn closes its connection (returning it to the psycopg pool) before
+waiting on the LLM and after every responder event or tool call, so hundreds of turns in flight
+share a small pool. Everything the turn writes is saved in one transaction in SAVE; the assistant
+Message row exists from the start so a streamed card can carry its id on feedback buttons.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
+
+import structlog
+from django.db import connection, transaction
+from django.utils import timezone
+
+from apps.runtime.commands import command_parse, command_run
+from apps.runtime.errors import TurnCancelled, TurnError, user_message
+from apps.runtime.llm import LLMSession, parse_arguments, tool_calls_message
+from apps.runtime.memory import history_rounds, memory_fold, memory_select, session_refresh
+from apps.runtime.responders.base import Responder, ResponderContext, responder_for
+from apps.runtime.tools import ToolContext, tool_run, tool_schemas, tools_for_agent
+from apps.transcripts.models import Conversation, LLMCall, Message, Turn
+
+if TYPE_CHECKING:
+    from apps.agents.models import Agent
+    from apps.bindings.models import Binding
+    from apps.runtime.watch import ActiveTurn
+
+logger = structlog.get_logger(__name__)
+
+WEEKDAYS = ["星期一", "星期二", "星期三", "星期四", "星期五", "星期六", "星期日"]
+EMPTY_ANSWER = "抱歉，这次没有得到回答，请换个说法再试。"
+
+
+def db_release() -> None:
+    """Give this thread's connection back to the pool (not inside a transaction: tests, callers)."""
+    if not connection.in_atomic_block:
+        connection.close()
+
+
+class Stopwatch:
+    def __init__(self) -> None:
+        self.timings: dict[str, int] = {}
+
+    @contextmanager
+    def stage(self, name: str):
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.timings[name] = self.timings.get(name, 0) + int((time.monotonic() - started) * 1000)
+
+
+class GuardedResponder:
+    """Calls the channel's responder; a delivery failure is logged, never ends the turn."""
+
+    def __init__(self, inner: Responder) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str):
+        method = getattr(self.inner, name)
+
+        def call(*args: Any) -> None:
+            try:
+                method(*args)
+            except Exception:
+                logger.exception("responder.failed", responder_event=name, responder=type(self.inner).__name__)
+            finally:
+                db_release()
+
+        return call
+
+
+@dataclass
+class TurnState:
+    """What the turn produced so far (kept even when it is cancelled or fails half-way)."""
+
+    visible: str = ""  # the answer text shown so far, across tool rounds
+    first_token_at: float | None = None
+    tool_records: list[dict[str, Any]] = field(default_factory=list)
+    llm: LLMSession | None = None
+
+
+def message_process(*, message_id: int, active: ActiveTurn) -> None:
+    """Answer one user message that the runner has claimed (status processing)."""
+    message = Message.objects.select_related("conversation__tenant", "conversation__bot", "conversation__agent").get(
+        pk=message_id
+    )
+    trace_id = message.trace_id or uuid.uuid4().hex
+    structlog.contextvars.bind_contextvars(
+        trace_id=trace_id, conversation_id=message.conversation_id, message_id=message.pk
+    )
+    try:
+        name = command_parse(message.content)
+        if name:
+            command_answer(message=message, name=name, trace_id=trace_id)
+        else:
+            turn_run(message=message, active=active, trace_id=trace_id)
+    finally:
+        structlog.contextvars.unbind_contextvars("trace_id", "conversation_id", "message_id", "turn_id")
+
+
+def notice_send(*, message: Message, text: str, trace_id: str) -> None:
+    """Reply to ``message`` with a system notice and keep it in the transcript."""
+    Message.objects.create(
+        tenant_id=message.tenant_id,
+        conversation_id=message.conversation_id,
+        role=Message.Role.SYSTEM,
+        content=text,
+        trace_id=trace_id,
+        bot_id=message.bot_id,
+    )
+    ctx = ResponderContext(conversation=message.conversation, turn=None, user_messages=[message], trace_id=trace_id)
+    responder = GuardedResponder(responder_for(ctx))
+    responder.on_notice(text)
+    responder.close()
+
+
+def command_answer(*, message: Message, name: str, trace_id: str) -> None:
+    logger.info("command.run", command=name)
+    command_run(
+        name=name, message=message, notify=lambda text: notice_send(message=message, text=text, trace_id=trace_id)
+    )
+    Message.objects.filter(pk=message.pk).update(status=Message.Status.DONE, trace_id=trace_id)
+
+
+def turn_run(*, message: Message, active: ActiveTurn, trace_id: str) -> Turn:
+    clock = Stopwatch()
+    started = time.monotonic()
+    conversation = message.conversation
+    turn = Turn.objects.create(
+        tenant_id=conversation.tenant_id,
+        conversation=conversation,
+        status=Turn.Status.RUNNING,
+        trace_id=trace_id,
+        started_at=timezone.now(),
+    )
+    active.turn_id = turn.pk
+    structlog.contextvars.bind_contextvars(turn_id=turn.pk)
+    Message.objects.filter(pk=message.pk).update(turn=turn, trace_id=trace_id)
+    ctx = ResponderContext(conversation=conversation, turn=turn, user_messages=[message], trace_id=trace_id)
+    state = TurnState()
+    responder: GuardedResponder | None = None
+    assistant: Message | None = None
+    outcome, error = Turn.Status.SUCCEEDED, None
+    logger.info("turn.start")
+    try:
+        with clock.stage("restore"):
+            agent, binding = turn_restore(conversation=conversation)
+            turn.agent = agent
+            Turn.objects.filter(pk=turn.pk).update(agent=agent)
+            session_refresh(conversation=conversation, agent=agent, message=message)
+            assistant = Message.objects.create(
+                tenant_id=conversation.tenant_id,
+                conversation=conversation,
+                turn=turn,
+                role=Message.Role.ASSISTANT,
+                status=Message.Status.PROCESSING,
+                trace_id=trace_id,
+                bot_id=conversation.bot_id,
+            )
+            ctx.assistant_message_id = assistant.pk
+        responder = GuardedResponder(responder_for(ctx))
+        responder.on_start()
+        if active.cancelled.is_set():
+            raise TurnCancelled()
+        with clock.stage("build"):
+            state.llm = LLMSession(agent=agent, active=active, trace_id=trace_id)
+            tools = tools_for_agent(agent)
+            chat = turn_build(
+                conversation=conversation, agent=agent, binding=binding, message=message, tools=tools, llm=state.llm
+            )
+        db_release()  # nothing holds a connection while the model thinks
+        with clock.stage("run"):
+            turn_llm_loop(
+                agent=agent,
+                chat=chat,
+                tools=tools,
+                state=state,
+                responder=responder,
+                active=active,
+                started=started,
+                tool_ctx=ToolContext(
+                    tenant=conversation.tenant,
+                    agent=agent,
+                    conversation=conversation,
+                    user_open_id=message.sender_open_id or conversation.user_open_id,
+                    trace_id=trace_id,
+                ),
+            )
+    except TurnCancelled:
+        outcome = Turn.Status.CANCELLED
+        logger.info("turn.cancelled")
+    except TurnError as exc:
+        outcome, error = Turn.Status.FAILED, exc
+        logger.warning("turn.failed", code=exc.code, detail=exc.detail)
+    except Exception as exc:
+        logger.exception("turn.crashed")
+        outcome, error = (
+            Turn.Status.FAILED,
+            TurnError("AGENT_003", f"internal error: {type(exc).__name__}: {exc}"[:500]),
+        )
+
+    answer = state.visible if outcome != Turn.Status.SUCCEEDED else (state.visible or EMPTY_ANSWER)
+    with clock.stage("save"):
+        turn_save(
+            turn=turn,
+            message=message,
+            assistant=assistant,
+            state=state,
+            outcome=outcome,
+            error=error,
+            answer=answer,
+            started=started,
+        )
+    with clock.stage("respond"):
+        if responder is None:
+            responder = GuardedResponder(responder_for(ctx))
+        if outcome == Turn.Status.SUCCEEDED:
+            responder.on_final(answer)
+        elif outcome == Turn.Status.CANCELLED:
+            responder.on_cancelled()
+        else:
+            responder.on_error(error.code, error.user_text)
+        responder.close()
+    turn.timings = clock.timings
+    Turn.objects.filter(pk=turn.pk).update(timings=clock.timings, duration_ms=int((time.monotonic() - started) * 1000))
+    logger.info("turn.end", status=outcome, timings=clock.timings)
+    return turn
+
+
+# -- stages ------------------------------------------------------------------------------------
+def turn_restore(*, conversation: Conversation) -> tuple[Agent, Binding | None]:
+    """The agent that answers: the bot's binding for this chat, else the conversation's own agent."""
+    binding = None
+    agent = conversation.agent
+    if conversation.bot_id:
+        from apps.bindings.selectors import binding_resolve
+
+        binding = binding_resolve(
+            bot=conversation.bot,
+            chat_type=conversation.chat_type,
+            chat_id=conversation.chat_id,
+            user_open_id=conversation.user_open_id,
+        )
+        if binding is not None:
+            agent = binding.agent
+    if agent is None or not agent.is_active:
+        raise TurnError("AGENT_004", "no active agent for this conversation")
+    return agent, binding
+
+
+def system_prompt(*, conversation: Conversation, agent: Agent, binding: Binding | None, tools: list, now=None) -> str:
+    """Prompt layers, most general first: identity, agent prompt, tenant, binding, time, memory, tools."""
+    tenant = conversation.tenant
+    identity = f"你是「{agent.name or agent.slug}」"
+    identity += f"：{agent.description.strip()}" if agent.description.strip() else "。"
+    parts = [identity]
+    if agent.system_prompt.strip():
+        parts.append(agent.system_prompt.strip())
+    if tenant.instructions.strip():
+        parts.append(f"## 组织要求\n{tenant.instructions.strip()}")
+    if binding is not None and binding.instructions.strip():
+        parts.append(f"## 本会话要求\n{binding.instructions.strip()}")
+    zone = ZoneInfo(str(tenant.time_zone))
+    local = (now or timezone.now()).astimezone(zone)
+    parts.append(f"## 当前时间\n{local:%Y-%m-%d %H:%M} {WEEKDAYS[local.weekday()]}（{zone.key}）")
+    if conversation.summary:
+        parts.append(f"## 之前对话的摘要\n{conversation.summary}")
+    if tools:
+        parts.append("## 可用工具\n" + "\n".join(f"- `{t.name}`：{t.description}" for t in tools))
+    return "\n\n".join(parts)
+
+
+def turn_build(
+    *,
+    conversation: Conversation,
+    agent: Agent,
+    binding: Binding | None,
+    message: Message,
+    tools: list,
+    llm: LLMSession,
+) -> list[dict[str, Any]]:
+    rounds = history_rounds(conversation=conversation, before_id=message.pk)
+    fold, keep = memory_select(rounds=rounds, agent=agent, summary=conversation.summary)
+    if fold:
+        db_release()
+        memory_fold(conversation=conversation, rounds=fold, llm=llm)
+        # With a longer summary fewer rounds may fit; what does not fit now is folded next turn.
+        _, keep = memory_select(rounds=keep, agent=agent, summary=conversation.summary)
+    chat: list[dict[str, Any]] = [
+        {
+            "role": "system",
+            "content": system_prompt(conversation=conversation, agent=agent, binding=binding, tools=tools),
+        }
+    ]
+    for round_ in keep:
+        chat.extend(round_.as_chat())
+    chat.append({"role": "user", "content": message.content or "（空消息）"})
+    return chat
+
+
+def turn_llm_loop(
+    *,
+    agent: Agent,
+    chat: list[dict[str, Any]],
+    tools: list,
+    state: TurnState,
+    responder: GuardedResponder,
+    active: ActiveTurn,
+    started: float,
+    tool_ctx: ToolContext,
+) -> None:
+    """Ask the model, run the tools it calls, ask again; at most agent.max_tool_rounds tool rounds."""
+    schemas = tool_schemas(tools)
+    for round_no in range(agent.max_tool_rounds + 1):
+        offer = schemas if schemas and round_no < agent.max_tool_rounds else None
+        prefix = state.visible + "\n\n" if state.visible else ""
+
+        def on_text(text: str, prefix: str = prefix) -> None:
+            if state.first_token_at is None:
+                state.first_token_at = time.monotonic()
+            state.visible = prefix + text
+            responder.on_text_delta(state.visible)
+
+        completion = state.llm.chat(messages=chat, tools=offer, on_text=on_text)
+        state.visible = prefix + completion.text if completion.text else state.visible
+        if not (completion.tool_calls and offer):
+            return
+        chat.append(tool_calls_message(completion.text, completion.tool_calls))
+        for call in completion.tool_calls:
+            if active.cancelled.is_set():
+                raise TurnCancelled()
+            arguments = parse_arguments(call["arguments"])
+            responder.on_tool_start(call["name"], arguments)
+            result = tool_run(name=call["name"], arguments_json=call["arguments"], ctx=tool_ctx, allowed=tools)
+            db_release()
+            logger.info("tool.call", tool=call["name"], ok=result.ok, duration_ms=result.duration_ms)
+            responder.on_tool_end(call["name"], result.ok, result.summary)
+            chat.append({"role": "tool", "tool_call_id": call["id"], "content": result.content})
+            state.tool_records.append(
+                {
+                    "id": call["id"],
+                    "name": call["name"],
+                    "arguments": arguments,
+                    "ok": result.ok,
+                    "result": result.content,
+                    "error_code": result.error_code,
+                    "duration_ms": result.duration_ms,
+                }
+            )
+        if active.cancelled.is_set():
+            raise TurnCancelled()
+
+
+def turn_save(
+    *,
+    turn: Turn,
+    message: Message,
+    assistant: Message | None,
+    state: TurnState,
+    outcome: str,
+    error: TurnError | None,
+    answer: str,
+    started: float,
+) -> None:
+    """Write the transcript of the turn in one transaction."""
+    calls = state.llm.calls if state.llm else []
+    user_status = {
+        Turn.Status.SUCCEEDED: Message.Status.DONE,
+        Turn.Status.CANCELLED: Message.Status.CANCELLED,
+    }.get(outcome, Message.Status.FAILED)
+    now = timezone.now()
+    with transaction.atomic():
+        Message.objects.filter(pk=message.pk).update(status=user_status)
+        if assistant is not None:
+            assistant.content = answer
+            assistant.status = user_status
+            assistant.tool_calls = [{k: v for k, v in r.items() if k != "result"} for r in state.tool_records]
+            assistant.input_tokens = sum(c.input_tokens or 0 for c in calls) or None
+            assistant.output_tokens = sum(c.output_tokens or 0 for c in calls) or None
+            assistant.latency_ms = int((time.monotonic() - started) * 1000)
+            assistant.error_code = error.code if error else ""
+            assistant.save(
+                update_fields=[
+                    "content",
+                    "status",
+                    "tool_calls",
+                    "input_tokens",
+                    "output_tokens",
+                    "latency_ms",
+                    "error_code",
+                    "updated_at",
+                ]
+            )
+        Message.objects.bulk_create(
+            [
+                Message(
+                    tenant_id=turn.tenant_id,
+                    conversation_id=turn.conversation_id,
+                    turn=turn,
+                    role=Message.Role.TOOL,
+                    status=Message.Status.DONE if r["ok"] else Message.Status.FAILED,
+                    content=r["result"],
+                    tool_call_id=r["id"][:100],
+                    tool_name=r["name"][:100],
+                    tool_calls=[{"name": r["name"], "arguments": r["arguments"]}],
+                    latency_ms=r["duration_ms"],
+                    error_code=r["error_code"],
+                    trace_id=turn.trace_id,
+                )
+                for r in state.tool_records
+            ]
+        )
+        LLMCall.objects.bulk_create(
+            [
+                LLMCall(
+                    tenant_id=turn.tenant_id,
+                    turn=turn,
+                    model=c.model[:100],
+                    input_tokens=c.input_tokens,
+                    output_tokens=c.output_tokens,
+                    first_token_ms=c.first_token_ms,
+                    latency_ms=c.latency_ms,
+                    ok=c.ok,
+                    error=c.error[:300],
+                    trace_id=turn.trace_id,
+                )
+                for c in calls
+            ]
+        )
+        first_token_ms = int((state.first_token_at - started) * 1000) if state.first_token_at else None
+        Turn.objects.filter(pk=turn.pk).update(
+            status=outcome,
+            finished_at=now,
+            first_token_ms=first_token_ms,
+            error_code=error.code if error else "",
+            error_detail=error.detail if error else "",
+        )
+        Conversation.objects.filter(pk=turn.conversation_id).update(last_activity_at=now)
+    turn.status = outcome
+
+
+def error_text(code: str, **params: str) -> str:
+    return user_message(code, **params)

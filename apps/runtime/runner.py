@@ -1,0 +1,163 @@
+"""One runner per conversation: a lease taken by compare-and-swap, turns in arrival order.
+
+``conversation_process`` may be called any number of times for a conversation (every ingest
+enqueues it, the sweep re-enqueues): only the caller that wins the lease answers messages; the
+others return at once (after handling any /stop, which must not wait behind the turn it stops).
+
+No lost wake-up: the runner releases the lease only inside a transaction that holds the
+conversation row lock (SELECT ... FOR UPDATE) and sees no pending message. Ingest inserts the
+message and bumps ``conversation.last_activity_at`` in one transaction, so it either committed
+before the check (the runner sees the message and carries on) or it waits for the release and its
+on-commit enqueue then wins the free lease. Even without the bump, the enqueue's CAS on the
+runner token blocks on the row lock and re-checks after the release.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+import structlog
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from apps.runtime.commands import NOTHING_TO_STOP_TEXT, STOPPED_TEXT, stop_commands_take
+from apps.runtime.pipeline import db_release, message_process, notice_send
+from apps.runtime.watch import ActiveTurn, watchdog
+from apps.transcripts.models import Conversation, Message, Turn
+
+logger = structlog.get_logger(__name__)
+
+ANSWERABLE = [Message.Status.PENDING, Message.Status.PROCESSING]
+
+
+def lease_acquire(*, conversation_id: int, token: str) -> bool:
+    now = timezone.now()
+    return (
+        Conversation.objects.filter(pk=conversation_id)
+        .filter(Q(runner_token="") | Q(runner_lease_until__lt=now) | Q(runner_lease_until__isnull=True))
+        .update(runner_token=token, runner_lease_until=now + timedelta(seconds=settings.TURN_LEASE_SECONDS))
+        == 1
+    )
+
+
+def lease_release_if_idle(*, conversation_id: int, token: str) -> bool:
+    """Release the lease unless user messages are pending; True when released (or no longer ours)."""
+    with transaction.atomic():
+        owned = (
+            Conversation.objects.select_for_update()
+            .filter(pk=conversation_id, runner_token=token)
+            .values_list("pk", flat=True)
+            .first()
+        )
+        if owned is None:
+            return True
+        if Message.objects.filter(
+            conversation_id=conversation_id, role=Message.Role.USER, status=Message.Status.PENDING
+        ).exists():
+            return False
+        Conversation.objects.filter(pk=conversation_id).update(runner_token="", runner_lease_until=None)
+        return True
+
+
+def lease_release(*, conversation_id: int, token: str) -> None:
+    Conversation.objects.filter(pk=conversation_id, runner_token=token).update(runner_token="", runner_lease_until=None)
+
+
+def _recover(*, conversation_id: int) -> None:
+    """Work a dead runner left half-done (we hold the lease, so nobody else is on it)."""
+    requeued = Message.objects.filter(
+        conversation_id=conversation_id, role=Message.Role.USER, status=Message.Status.PROCESSING
+    ).update(status=Message.Status.PENDING)
+    lost = Turn.objects.filter(
+        conversation_id=conversation_id, status__in=[Turn.Status.QUEUED, Turn.Status.RUNNING]
+    ).update(status=Turn.Status.FAILED, error_detail="runner lost (worker stopped)", finished_at=timezone.now())
+    Message.objects.filter(
+        conversation_id=conversation_id, role=Message.Role.ASSISTANT, status=Message.Status.PROCESSING
+    ).update(status=Message.Status.FAILED)
+    if requeued or lost:
+        # Re-answering may repeat a reply: its Feishu uuid is deterministic, so Feishu dedupes it.
+        logger.warning("runner.recovered", conversation_id=conversation_id, requeued=requeued, lost_turns=lost)
+
+
+def _claim_next(*, conversation_id: int) -> int | None:
+    """Mark the oldest pending user message as processing (compare-and-swap) and return its id."""
+    while True:
+        message_id = (
+            Message.objects.filter(
+                conversation_id=conversation_id, role=Message.Role.USER, status=Message.Status.PENDING
+            )
+            .order_by("id")
+            .values_list("pk", flat=True)
+            .first()
+        )
+        if message_id is None:
+            return None
+        if Message.objects.filter(pk=message_id, status=Message.Status.PENDING).update(
+            status=Message.Status.PROCESSING
+        ):
+            return message_id
+        # Someone took it (a /stop claimed by another caller): look again.
+
+
+def _busy(*, conversation_id: int) -> None:
+    """Another runner owns the conversation: act on /stop now instead of queueing it behind the turn."""
+    for message, stopped_turn, dropped in stop_commands_take(conversation_id=conversation_id):
+        if stopped_turn:
+            continue  # the cancelled turn says so itself
+        text = STOPPED_TEXT if dropped else NOTHING_TO_STOP_TEXT
+        notice_send(message=message, text=text, trace_id=message.trace_id or uuid.uuid4().hex)
+
+
+def conversation_process(*, conversation_id: int) -> None:
+    """Answer the conversation's pending user messages, one turn at a time, in arrival order."""
+    token = uuid.uuid4().hex
+    if not lease_acquire(conversation_id=conversation_id, token=token):
+        _busy(conversation_id=conversation_id)
+        return
+    active = ActiveTurn(conversation_id=conversation_id, token=token)
+    watchdog.register(active)
+    released = False
+    try:
+        _recover(conversation_id=conversation_id)
+        while not active.lease_lost:
+            message_id = _claim_next(conversation_id=conversation_id)
+            if message_id is None:
+                if lease_release_if_idle(conversation_id=conversation_id, token=token):
+                    released = True
+                    return
+                continue
+            active.reset()
+            message_process(message_id=message_id, active=active)
+            db_release()
+    finally:
+        watchdog.unregister(active)
+        if not released and not active.lease_lost:
+            # An unexpected error: free the conversation; the sweep re-enqueues what is left.
+            lease_release(conversation_id=conversation_id, token=token)
+
+
+def conversations_sweep(*, grace_seconds: int = 15) -> int:
+    """Re-enqueue conversations with unanswered messages and no live runner; returns how many."""
+    from apps.runtime.dispatch import turn_enqueue
+
+    now = timezone.now()
+    ids = list(
+        Conversation.objects.filter(
+            Q(runner_token="") | Q(runner_lease_until__lt=now) | Q(runner_lease_until__isnull=True)
+        )
+        .filter(
+            messages__role=Message.Role.USER,
+            messages__status__in=ANSWERABLE,
+            messages__created_at__lt=now - timedelta(seconds=grace_seconds),
+        )
+        .values_list("pk", flat=True)
+        .distinct()[:1000]
+    )
+    for conversation_id in ids:
+        turn_enqueue(conversation_id=conversation_id)
+    if ids:
+        logger.info("runner.sweep_requeued", conversations=len(ids))
+    return len(ids)
