@@ -40,7 +40,6 @@ API_KEY_MIN_LENGTH = 16
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 _TENANT_FIELDS = {"slug", "name", "time_zone", "instructions", "is_active"}
-_TENANT_SECTIONS = {"admins", "api_keys", "agents", "bots", "bindings"}
 _ADMIN_FIELDS = {"username", "email", "password", "role", "first_name", "last_name", "is_active"}
 _API_KEY_FIELDS = {"name", "key", "scopes"}
 _AGENT_FIELDS = {
@@ -54,6 +53,31 @@ _BINDING_IDENTITY = ("chat_type", "chat_id", "user_open_id")
 _BINDING_FIELDS = {
     "bot", "agent", *_BINDING_IDENTITY, "require_mention", "priority", "is_enabled", "instructions", "welcome_message",
 }  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _Section:
+    """A list under a tenant entry: its fields, required fields, identity and the method applying an item."""
+
+    name: str
+    handler: str
+    allowed: set[str]
+    required: tuple[str, ...]
+    identity: tuple[str, ...]
+    identity_defaults: Mapping[str, str] = field(default_factory=dict)
+
+
+# Order matters: bindings refer to the bots and agents applied before them.
+_SECTIONS = (
+    _Section("admins", "admin", _ADMIN_FIELDS, ("username",), ("username",)),
+    _Section("api_keys", "api_key", _API_KEY_FIELDS, ("name", "key"), ("name",)),
+    _Section("agents", "agent", _AGENT_FIELDS, ("slug",), ("slug",)),
+    _Section("bots", "bot", _BOT_FIELDS, ("app_id",), ("app_id",)),
+    _Section(
+        "bindings", "binding", _BINDING_FIELDS, ("bot", "agent"), ("bot", "agent", *_BINDING_IDENTITY),
+        identity_defaults={"chat_type": "any"},
+    ),
+)  # fmt: skip
 
 
 class ProvisionError(Exception):
@@ -226,7 +250,7 @@ class _Provisioner:
         seen: set[str] = set()
         for i, entry in enumerate(_list(config.get("tenants"), "tenants")):
             where = f"tenants[{i}]"
-            entry = _mapping(entry, where, allowed=_TENANT_FIELDS | _TENANT_SECTIONS, required=("slug",))
+            entry = _mapping(entry, where, allowed=_TENANT_FIELDS | {s.name for s in _SECTIONS}, required=("slug",))
             if entry["slug"] in seen:
                 raise ProvisionError(f"{where}: tenant {entry['slug']!r} appears twice")
             seen.add(entry["slug"])
@@ -238,25 +262,19 @@ class _Provisioner:
         tenant = self.sync(
             kind="tenants", model=Tenant, tenant=tenant, where=where, lookup={"slug": entry["slug"]}, values=values
         )
-        self.section(entry, where, "admins", _ADMIN_FIELDS, ("username",), ("username",), tenant, self.admin)
-        self.section(entry, where, "api_keys", _API_KEY_FIELDS, ("name", "key"), ("name",), tenant, self.api_key)
-        self.section(entry, where, "agents", _AGENT_FIELDS, ("slug",), ("slug",), tenant, self.agent)
-        self.section(entry, where, "bots", _BOT_FIELDS, ("app_id",), ("app_id",), tenant, self.bot)
-        self.section(
-            entry, where, "bindings", _BINDING_FIELDS, ("bot", "agent"), ("bot", "agent", *_BINDING_IDENTITY),
-            tenant, self.binding,
-        )  # fmt: skip
+        for section in _SECTIONS:
+            self.section(entry, where, section, tenant)
 
-    def section(self, entry, where, name, allowed, required, identity, tenant, handler) -> None:
+    def section(self, entry: dict, where: str, section: _Section, tenant: Tenant) -> None:
+        handler = getattr(self, section.handler)
         seen: dict[tuple, str] = {}
-        for j, item in enumerate(_list(entry.get(name), f"{where}.{name}")):
-            item_where = f"{where}.{name}[{j}]"
-            item = _mapping(item, item_where, allowed=allowed, required=required)
-            key = tuple(str(item.get(part) or "") for part in identity)
-            if name == "bindings" and not key[2]:
-                key = (*key[:2], Binding.ChatType.ANY, *key[3:])
+        for j, item in enumerate(_list(entry.get(section.name), f"{where}.{section.name}")):
+            item_where = f"{where}.{section.name}[{j}]"
+            item = _mapping(item, item_where, allowed=section.allowed, required=section.required)
+            # Two entries with one identity would fight over the row on every run: refuse them.
+            key = tuple(str(item.get(part) or section.identity_defaults.get(part, "")) for part in section.identity)
             if key in seen:
-                raise ProvisionError(f"{item_where}: same {'/'.join(identity)} as {seen[key]}")
+                raise ProvisionError(f"{item_where}: same {'/'.join(section.identity)} as {seen[key]}")
             seen[key] = item_where
             handler(tenant, item, item_where)
 

@@ -241,3 +241,22 @@ def test_the_demo_file_applies_with_the_variables_bin_run_sets(monkeypatch, clie
     provision(CONFIG / "demo.example.yaml")
     assert Agent.objects.get(tenant__slug="demo", slug="assistant").base_url == "http://127.0.0.1:8100/v1"
     assert client.login(username="admin", password="demo-password-123")
+
+
+def test_it_rejects_two_bindings_with_one_identity(tmp_path):
+    path = write(
+        tmp_path,
+        "tenants:\n"
+        "  - slug: t1\n"
+        "    name: T1\n"
+        f"    agents: [{{slug: a, model: m, {URL}}}]\n"
+        "    bots: [{app_id: cli_1, app_secret: s}]\n"
+        "    bindings:\n"
+        "      - {bot: cli_1, agent: a, priority: 1}\n"
+        "      - {bot: cli_1, agent: a, chat_type: any, priority: 2}\n",
+    )
+    with pytest.raises(
+        CommandError, match=r"tenants\[0\]\.bindings\[1\]: same bot/agent/chat_type/chat_id/user_open_id"
+    ):
+        provision(path)
+    assert counts()["Binding"] == 0
