@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import json
 import re
@@ -104,7 +105,7 @@ def demo_reply(body: dict[str, Any]) -> Reply:
     question = _last(messages, "user")
     if last_role == "tool":
         return Reply(
-            text="根据工具返回的结果：{tool_result}\n\n（这是离线演示模型的回答，配置 LLM_BASE_URL 等环境变量即可接入真实模型。）",
+            text=("（这是离线演示模型的回答，配置 LLM_BASE_URL 等环境变量即可接入真实模型。）"),
             first_token_delay=0.3,
             token_delay=0.03,
         )
@@ -261,9 +262,8 @@ class FakeLLM:
             if reply.first_token_delay:
                 await asyncio.sleep(reply.first_token_delay)
             return _error(reply.status, f"scripted failure {reply.status}", "server_error")
-        if reply.hang and reply.hang_after_chunks is None:
-            if not body.get("stream"):
-                await asyncio.sleep(3600)
+        if reply.hang and reply.hang_after_chunks is None and not body.get("stream"):
+            await asyncio.sleep(3600)
         messages = body.get("messages", [])
         text = reply.text.replace("{tool_result}", _last(messages, "tool")).replace(
             "{last_user}", _last(messages, "user")
@@ -323,16 +323,14 @@ class FakeLLM:
             await asyncio.sleep(3600)
         if reply.first_token_delay:
             await asyncio.sleep(reply.first_token_delay)
-        sent = 0
         await send([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
         step = max(1, reply.chunk_chars)
-        for i in range(0, len(text), step):
+        for sent, i in enumerate(range(0, len(text), step)):
             if reply.hang and sent >= (reply.hang_after_chunks or 0):
                 await asyncio.sleep(3600)
             if sent and reply.token_delay:
                 await asyncio.sleep(reply.token_delay)
             await send([{"index": 0, "delta": {"content": text[i : i + step]}, "finish_reason": None}])
-            sent += 1
         for index, call in enumerate(calls):
             if reply.token_delay:
                 await asyncio.sleep(reply.token_delay)
@@ -379,10 +377,8 @@ def main() -> None:
     if args.text is not None or args.latency is not None:
         server.default = Reply(text=args.text if args.text is not None else "ok", first_token_delay=args.latency or 0.0)
     print(f"fake LLM ({DEMO_MODEL}) on http://{args.host}:{args.port}/v1", flush=True)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(server._serve(args.host, args.port, None))
-    except KeyboardInterrupt:
-        pass
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ def recorder(monkeypatch) -> Recorder:
 
 
 @pytest.fixture
-def agent(db, fake_llm):
+def agent(db, fake_llm):  # noqa: F811
     return AgentFactory(
         tenant=TenantFactory(time_zone="Asia/Shanghai"),
         base_url=fake_llm.base_url,
