@@ -9,7 +9,6 @@ from channels.testing import WebsocketCommunicator
 from django.conf import settings
 from django.test import Client
 
-from tests.fakes.llm_fixtures import fake_llm, fake_llm_server  # noqa: F401
 
 
 def session_cookie(user) -> str:
