@@ -10,7 +10,6 @@ from django.conf import settings
 from django.test import Client
 
 
-
 def session_cookie(user) -> str:
     """Log the user in through Django's session machinery and return the cookie header value."""
     client = Client()
