@@ -39,6 +39,7 @@ from typing import Any
 from aiohttp import web
 
 DEMO_MODEL = "omniagent-demo"
+DEMO_FOOTER = "（这是离线演示模型的回答，配置 LLM_BASE_URL 等环境变量即可接入真实模型。）"
 
 
 @dataclass
@@ -105,7 +106,7 @@ def demo_reply(body: dict[str, Any]) -> Reply:
     question = _last(messages, "user")
     if last_role == "tool":
         return Reply(
-            text=("（这是离线演示模型的回答，配置 LLM_BASE_URL 等环境变量即可接入真实模型。）"),
+            text="根据工具返回的结果：{tool_result}\n\n" + DEMO_FOOTER,
             first_token_delay=0.3,
             token_delay=0.03,
         )
