@@ -1,3 +1,5 @@
 """WebSocket routes; apps append theirs here."""
 
-websocket_urlpatterns: list = []
+from apps.webchat.routing import websocket_urlpatterns as webchat_websocket_urlpatterns
+
+websocket_urlpatterns: list = [*webchat_websocket_urlpatterns]

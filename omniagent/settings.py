@@ -95,6 +95,7 @@ INSTALLED_APPS = [
     "apps.oauth",
     "apps.feishu",
     "apps.runtime",
+    "apps.webchat",
 ]
 
 MIDDLEWARE = [

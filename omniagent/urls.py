@@ -5,6 +5,7 @@ from omniagent import health
 from omniagent.metrics import metrics_view
 
 urlpatterns = [
+    path("admin/webchat/", include("apps.webchat.urls")),
     path("admin/", admin.site.urls),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
