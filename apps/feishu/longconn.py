@@ -26,15 +26,22 @@ import structlog
 from django.db import close_old_connections
 from django.utils import timezone
 
-from apps.bots.models import Bot
-
+# No model import at module level: a spawned child unpickles `_child_entry` from this module before
+# it has called django.setup().
 logger = structlog.get_logger(__name__)
 
 DEFAULT_PING_INTERVAL = 120.0  # lark-oapi's default until the server's ClientConfig says otherwise
 
 
+def _bot_model():
+    from apps.bots.models import Bot
+
+    return Bot
+
+
 def bot_state_set(*, bot_id: int, state: str, detail: str = "") -> None:
     """Record the connection state shown in the admin."""
+    Bot = _bot_model()
     Bot.objects.filter(pk=bot_id).update(
         connection_state=state, connection_detail=detail[:300], connection_updated_at=timezone.now()
     )
@@ -54,8 +61,10 @@ class IngestEventHandler:
     def __init__(self, *, bot_id: int) -> None:
         self.bot_id = bot_id
         self.db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest")
+        self.current_state = ""
 
     def _ingest(self, payload: dict) -> dict | None:
+        from apps.bots.models import Bot
         from apps.feishu.ingest import CARD_ACTION, InvalidEvent, event_ingest
         from apps.transcripts.models import InboundEvent
 
@@ -81,11 +90,19 @@ class IngestEventHandler:
         return self.db.submit(self._ingest, data).result()
 
     def state(self, state: str, detail: str = "") -> None:
+        self.current_state = state
         self.db.submit(bot_state_set, bot_id=self.bot_id, state=state, detail=detail)
+
+    def lost(self) -> None:
+        # A failed connect already showed its error; keep it visible while lark-oapi retries.
+        if self.current_state != "error":
+            self.state("connecting", "connection lost; reconnecting")
 
 
 def _tracked_client_class():
     import lark_oapi as lark
+
+    from apps.bots.models import Bot
 
     class TrackedClient(lark.ws.Client):
         """lark-oapi ws client that reports every received frame and its connection state."""
@@ -95,14 +112,18 @@ def _tracked_client_class():
             self._last_frame = last_frame
             self._ping_shared = ping_interval
             self._handler = handler
-            self.on_reconnecting = lambda: handler.state(Bot.ConnectionState.CONNECTING, "reconnecting")
+            self.on_reconnecting = handler.lost
 
         def _beat(self) -> None:
             self._last_frame.value = time.time()
             self._ping_shared.value = float(self._ping_interval or DEFAULT_PING_INTERVAL)
 
         async def _connect(self) -> None:
-            await super()._connect()
+            try:
+                await super()._connect()
+            except Exception as exc:  # shown in the admin; lark-oapi itself decides whether to retry
+                self._handler.state(Bot.ConnectionState.ERROR, f"connect failed: {type(exc).__name__}: {exc}")
+                raise
             if self._conn is not None:
                 self._beat()
                 self._handler.state(Bot.ConnectionState.CONNECTED, f"connected ({self._conn_id})")
@@ -117,6 +138,8 @@ def _tracked_client_class():
 def bot_connection_run(*, bot_id: int, last_frame, ping_interval) -> None:
     """Hold one bot's long connection until the process is terminated."""
     import lark_oapi as lark
+
+    from apps.bots.models import Bot
 
     bot = Bot.objects.get(pk=bot_id)
     close_old_connections()
@@ -193,6 +216,7 @@ class Supervisor:
 
     # bots ----------------------------------------------------------------------------------
     def wanted_bots(self) -> dict[int, str]:
+        Bot = _bot_model()
         bots = Bot.objects.filter(is_active=True, tenant__is_active=True)
         # Named bots are held whatever their mode; otherwise every long-connection bot.
         bots = bots.filter(app_id__in=self.app_ids) if self.app_ids else bots.filter(mode=Bot.Mode.LONG_CONNECTION)
@@ -229,6 +253,7 @@ class Supervisor:
         logger.info("feishu.longconn_child_started", bot_id=child.bot_id, app_id=child.app_id, pid=child.process.pid)
 
     def _stop(self, child: _Child, *, detail: str) -> None:
+        Bot = _bot_model()
         proc = child.process
         if proc is not None and proc.is_alive():
             proc.terminate()
@@ -251,6 +276,7 @@ class Supervisor:
         return float(child.ping_interval.value or DEFAULT_PING_INTERVAL) + self.grace
 
     def check(self, child: _Child, now: float) -> None:
+        Bot = _bot_model()
         proc = child.process
         if proc is None:
             if now >= child.restart_at:

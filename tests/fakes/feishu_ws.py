@@ -364,3 +364,32 @@ class FakeFeishuWS:
             return await asyncio.wait_for(waiter, timeout)
 
         return asyncio.run_coroutine_threadsafe(send(), self._loop).result(timeout + 1)
+
+
+# --- observing the dispatch -------------------------------------------------------------------
+
+
+class CeleryQueue:
+    """Tasks waiting on the Celery Redis broker (default queue), as the real dispatch published them."""
+
+    def __init__(self, broker_url: str, queue: str = "celery") -> None:
+        import redis
+
+        self.redis = redis.Redis.from_url(broker_url)
+        self.queue = queue
+
+    def clear(self) -> None:
+        self.redis.delete(self.queue)
+
+    def tasks(self, name: str) -> list[list]:
+        """Positional args of every queued task called `name`, oldest first."""
+        out = []
+        for raw in reversed(self.redis.lrange(self.queue, 0, -1)):
+            message = json.loads(raw)
+            if message["headers"]["task"] == name:
+                args, _kwargs, _embed = json.loads(base64.b64decode(message["body"]))
+                out.append(args)
+        return out
+
+    def conversations(self) -> list[int]:
+        return [args[0] for args in self.tasks("runtime.conversation_process")]

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import time
 
 import pytest
-import redis
 from django.conf import settings
 from django.test import Client
 from lark_oapi.core.utils.decryptor import AESCipher
@@ -17,6 +15,7 @@ from apps.feishu.events import event_encrypt, event_sign
 from apps.transcripts.models import Conversation, InboundEvent, Message
 from tests.factories import AgentFactory, BindingFactory, BotFactory, ConversationFactory, MessageFactory
 from tests.fakes.feishu_ws import (
+    CeleryQueue,
     bot_added_event,
     card_action_event,
     django_headers,
@@ -43,20 +42,10 @@ def binding(bot):
 def queued(settings):
     """Conversation ids handed to the real dispatch (Celery on this test's Redis database), in order."""
     settings.TASK_RUNNER = "celery"
-    broker = redis.Redis.from_url(settings.CELERY_BROKER_URL)
-    broker.delete("celery")
-
-    def read() -> list[int]:
-        ids = []
-        for raw in reversed(broker.lrange("celery", 0, -1)):
-            message = json.loads(raw)
-            if message["headers"]["task"] == "runtime.conversation_process":
-                args, _kwargs, _embed = json.loads(base64.b64decode(message["body"]))
-                ids.append(args[0])
-        return ids
-
-    yield read
-    broker.delete("celery")
+    queue = CeleryQueue(settings.CELERY_BROKER_URL)
+    queue.clear()
+    yield queue.conversations
+    queue.clear()
 
 
 def post(client, bot, payload, *, encrypt_key=ENCRYPT_KEY, headers=None, body=None, app_id=None):
