@@ -49,11 +49,12 @@ class AgentInfo(TypedDict):
 
 class HistoryItem(TypedDict):
     id: int
-    role: str  # user | assistant | tool
+    role: str  # user | assistant | tool | system (a command's reply)
     status: str
     text: str
     tool_name: NotRequired[str]
     error_code: NotRequired[str]
+    error_message: NotRequired[str]  # the product's message for error_code (assistant rows)
 
 
 class Ready(TypedDict):

@@ -8,6 +8,7 @@ from django.conf import settings
 from django.db.models import QuerySet
 
 from apps.agents.models import Agent
+from apps.runtime.errors import user_message
 from apps.tenants.models import Membership, Role, Tenant
 from apps.transcripts.models import Conversation, Message, Origin, Turn
 
@@ -91,21 +92,40 @@ def agent_info(agent: Agent) -> AgentInfo:
 
 
 def webchat_history(*, conversation: Conversation, limit: int = HISTORY_LIMIT) -> list[HistoryItem]:
-    """The visible part of the current session: user and assistant messages and tool results, oldest first."""
+    """The visible part of the current session, oldest first; a turn's tool calls come before its answer."""
     qs = Message.objects.for_tenant(conversation.tenant_id).filter(
-        conversation=conversation, role__in=(Message.Role.USER, Message.Role.ASSISTANT, Message.Role.TOOL)
+        conversation=conversation,
+        role__in=(Message.Role.USER, Message.Role.ASSISTANT, Message.Role.TOOL, Message.Role.SYSTEM),
     )
     if conversation.session_started_at:
         qs = qs.filter(created_at__gte=conversation.session_started_at)
     rows = list(qs.order_by("-id")[:limit])
     rows.reverse()
-    items: list[HistoryItem] = []
+    # The runtime stores a turn's tool results after its answer row; show them where they happened.
+    tools_by_turn: dict[int, list[Message]] = {}
     for m in rows:
+        if m.role == Message.Role.TOOL and m.turn_id is not None:
+            tools_by_turn.setdefault(m.turn_id, []).append(m)
+    ordered: list[Message] = []
+    for m in rows:
+        if m.role == Message.Role.TOOL and m.turn_id is not None:
+            continue
+        if m.role == Message.Role.ASSISTANT and m.turn_id is not None:
+            ordered.extend(tools_by_turn.pop(m.turn_id, []))
+        ordered.append(m)
+    for leftovers in tools_by_turn.values():
+        ordered.extend(leftovers)
+    items: list[HistoryItem] = []
+    for m in ordered:
+        if m.role == Message.Role.ASSISTANT and not m.content and not m.error_code:
+            continue  # an answer still being written: it arrives through the group
         item = HistoryItem(id=m.pk, role=m.role, status=m.status, text=m.content)
         if m.tool_name:
             item["tool_name"] = m.tool_name
         if m.error_code:
             item["error_code"] = m.error_code
+            if m.role == Message.Role.ASSISTANT:
+                item["error_message"] = user_message(m.error_code)
         items.append(item)
     return items
 

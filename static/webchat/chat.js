@@ -125,10 +125,14 @@
         var t = { tools: log };
         toolStart(t, m.tool_name || "tool", {});
         toolEnd(t, m.tool_name || "tool", !m.error_code, m.text);
+      } else if (m.role === "system") {
+        addAssistant(m.text).classList.add("notice-reply");
       } else if (m.error_code) {
-        addError(m.text, m.error_code);
+        if (m.text) addAssistant(m.text);
+        addError(m.error_message || m.error_code, m.error_code);
       } else {
         addAssistant(m.text);
+        if (m.status === "cancelled") addNotice("Stopped.");
       }
     });
     scrollDown();
