@@ -18,8 +18,10 @@ bench/out/logs/<name>.log. Children are stopped (SIGTERM, then SIGKILL) on exit,
 
 from __future__ import annotations
 
+import argparse
 import base64
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -200,6 +202,25 @@ class MemorySampler:
         self.sample()
 
 
+@dataclass
+class FakeFeishuProc:
+    """The fake Feishu child; ``recorded()`` returns every request it received so far."""
+
+    proc: Proc
+    dump_path: Path
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.proc.port}"
+
+    def recorded(self, timeout: float = 30) -> list[dict]:
+        with contextlib.suppress(FileNotFoundError):
+            self.dump_path.unlink()
+        os.kill(self.proc.popen.pid, signal.SIGUSR1)
+        wait_for(self.dump_path.exists, timeout=timeout, what="fake Feishu request dump", proc=self.proc)
+        return json.loads(self.dump_path.read_text())
+
+
 class Stack:
     """The platform (web, worker, beat) and the fakes (Feishu, LLM) as child processes."""
 
@@ -346,10 +367,13 @@ class Stack:
             f"fake-llm-{port}", argv, port=port, measured=False, ready=lambda: port_open(port), timeout=30
         )
 
-    def start_fake_feishu(self, *, port: int | None = None, extra: list[str] | None = None) -> Proc:
+    def start_fake_feishu(self, *, port: int | None = None) -> FakeFeishuProc:
+        """tests.fakes.feishu's server in its own process, able to dump what it recorded (see main())."""
         port = port or free_port()
-        argv = [PYTHON, "-m", "tests.fakes.feishu", "--port", str(port), *(extra or [])]
-        return self.start("fake-feishu", argv, port=port, measured=False, ready=lambda: port_open(port), timeout=30)
+        dump = self.log_dir / "fake-feishu-requests.json"
+        argv = [PYTHON, "-m", "bench._stack", "fake-feishu", "--port", str(port), "--dump", str(dump)]
+        proc = self.start("fake-feishu", argv, port=port, measured=False, ready=lambda: port_open(port), timeout=30)
+        return FakeFeishuProc(proc=proc, dump_path=dump)
 
     # -- measurements ----------------------------------------------------------------------------
     def platform(self) -> list[Proc]:
@@ -365,3 +389,62 @@ class Stack:
         for proc in self.procs:
             if proc.popen.poll() is not None:
                 raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode}; see {proc.log_path}")
+
+
+# --- child entry points ------------------------------------------------------------------------------
+def _fake_feishu_main(port: int, dump: Path) -> None:
+    """Serve tests.fakes.feishu.FakeFeishu; on SIGUSR1 write its recorded requests to ``dump``."""
+    from tests.fakes.feishu import FakeFeishu
+
+    fake = FakeFeishu(port=port).start()
+    print(f"fake Feishu on {fake.base_url}, dump on SIGUSR1 to {dump}", flush=True)
+    wake = threading.Event()
+    requested = {"dump": False, "stop": False}
+
+    def on_signal(kind: str) -> Callable:
+        def handler(*_: object) -> None:
+            requested[kind] = True
+            wake.set()
+
+        return handler
+
+    signal.signal(signal.SIGUSR1, on_signal("dump"))
+    signal.signal(signal.SIGTERM, on_signal("stop"))
+    signal.signal(signal.SIGINT, on_signal("stop"))
+    while not requested["stop"]:
+        wake.wait()
+        wake.clear()
+        if requested["dump"]:
+            requested["dump"] = False
+            rows = [
+                {
+                    "method": r.method,
+                    "path": r.path,
+                    "time": r.time,
+                    "status": r.status,
+                    "code": r.code,
+                    "fault": r.fault,
+                    "deduplicated": r.deduplicated,
+                    "json": r.json,
+                }
+                for r in fake.requests
+            ]
+            tmp = dump.with_suffix(".tmp")
+            tmp.write_text(json.dumps(rows, ensure_ascii=False))
+            tmp.replace(dump)  # atomic: the reader never sees half a file
+    fake.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="bench helpers run as child processes")
+    sub = parser.add_subparsers(dest="command", required=True)
+    feishu = sub.add_parser("fake-feishu", help="the fake Feishu server with a request dump on SIGUSR1")
+    feishu.add_argument("--port", type=int, required=True)
+    feishu.add_argument("--dump", type=Path, required=True)
+    args = parser.parse_args()
+    if args.command == "fake-feishu":
+        _fake_feishu_main(args.port, args.dump)
+
+
+if __name__ == "__main__":
+    main()
