@@ -17,8 +17,20 @@ class AgentAdmin(TenantScopedAdmin):
     search_fields = ("slug", "name", "model", "description")
     fieldsets = (
         (None, {"fields": ("tenant", "slug", "name", "description", "is_active")}),
-        ("Model", {"fields": ("base_url", "api_key", "model", "fallback_model", "temperature", "max_output_tokens",
-                              "timeout")}),
+        (
+            "Model",
+            {
+                "fields": (
+                    "base_url",
+                    "api_key",
+                    "model",
+                    "fallback_model",
+                    "temperature",
+                    "max_output_tokens",
+                    "timeout",
+                )
+            },
+        ),
         ("Behaviour", {"fields": ("system_prompt", "tools", "max_tool_rounds")}),
         ("Memory", {"fields": ("memory_rounds", "memory_token_budget", "memory_idle_minutes")}),
     )

@@ -103,7 +103,7 @@ class ApiKeyAdmin(TenantScopedAdmin):
             self.message_user(
                 request,
                 format_html(
-                    "New API key “{}”: <code class=\"oa-new-api-key\">{}</code> — copy it now, "
+                    'New API key “{}”: <code class="oa-new-api-key">{}</code> — copy it now, '
                     "it will not be shown again.",
                     obj.name,
                     raw,

@@ -46,8 +46,10 @@ def tenant_day_start(tenant: Tenant, now: datetime.datetime | None = None) -> da
 def tenant_dashboard(*, tenant: Tenant, now: datetime.datetime | None = None) -> TenantDashboard:
     start = tenant_day_start(tenant, now)
     turns = Turn.objects.for_tenant(tenant)
-    tokens = LLMCall.objects.for_tenant(tenant).filter(created_at__gte=start).aggregate(
-        input=Sum("input_tokens"), output=Sum("output_tokens")
+    tokens = (
+        LLMCall.objects.for_tenant(tenant)
+        .filter(created_at__gte=start)
+        .aggregate(input=Sum("input_tokens"), output=Sum("output_tokens"))
     )
     return TenantDashboard(
         tenant=tenant,
@@ -60,9 +62,9 @@ def tenant_dashboard(*, tenant: Tenant, now: datetime.datetime | None = None) ->
         ),
         tokens_today={k: v or 0 for k, v in tokens.items()},
         failed_turns=list(
-            turns.filter(status=Turn.Status.FAILED).select_related("conversation", "agent").order_by("-id")[
-                :RECENT_ERRORS
-            ]
+            turns.filter(status=Turn.Status.FAILED)
+            .select_related("conversation", "agent")
+            .order_by("-id")[:RECENT_ERRORS]
         ),
         failed_sends=list(
             OutboundMessage.objects.for_tenant(tenant)

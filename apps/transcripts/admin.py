@@ -27,7 +27,7 @@ def _redact(value: Any) -> Any:
 
 
 def _pretty_json(value: Any):
-    return format_html("<pre class=\"oa-json\">{}</pre>", json.dumps(value, indent=2, ensure_ascii=False))
+    return format_html('<pre class="oa-json">{}</pre>', json.dumps(value, indent=2, ensure_ascii=False))
 
 
 class _TranscriptAdmin(TenantScopedAdmin):

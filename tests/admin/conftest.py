@@ -25,6 +25,7 @@ from tests.factories import (
     BindingFactory,
     BotFactory,
     ConversationFactory,
+    MembershipFactory,
     MessageFactory,
     OAuthTokenFactory,
     TenantFactory,
@@ -68,11 +69,15 @@ SPECS = [
         addable=False,
     ),
     AdminSpec(
-        "transcripts.turn", lambda t: TurnFactory(conversation=ConversationFactory(tenant=t)), editable=False,
+        "transcripts.turn",
+        lambda t: TurnFactory(conversation=ConversationFactory(tenant=t)),
+        editable=False,
         addable=False,
     ),
     AdminSpec(
-        "transcripts.inboundevent", lambda t: InboundEventFactory(bot=BotFactory(tenant=t)), editable=False,
+        "transcripts.inboundevent",
+        lambda t: InboundEventFactory(bot=BotFactory(tenant=t)),
+        editable=False,
         addable=False,
     ),
     AdminSpec(
@@ -82,7 +87,9 @@ SPECS = [
         addable=False,
     ),
     AdminSpec(
-        "feishu.outboundmessage", lambda t: OutboundMessageFactory(bot=BotFactory(tenant=t)), editable=False,
+        "feishu.outboundmessage",
+        lambda t: OutboundMessageFactory(bot=BotFactory(tenant=t)),
+        editable=False,
         addable=False,
     ),
     AdminSpec("audit.auditlog", lambda t: AuditLogFactory(tenant=t), editable=False, addable=False),
@@ -90,9 +97,13 @@ SPECS = [
 SPEC_IDS = [s.label for s in SPECS]
 
 
-def make_rows(spec: AdminSpec, tenant: Tenant, n: int) -> list[Model]:
+def make_rows(spec: AdminSpec, tenant: Tenant, n: int, *, member=None) -> list[Model]:
+    """n more rows in `tenant`; for Tenant itself, n more tenants `member` owns."""
     if spec.label == "tenants.tenant":
-        return [tenant, *(TenantFactory() for _ in range(n - 1))]
+        tenants = [TenantFactory() for _ in range(n)]
+        for t in tenants:
+            MembershipFactory(tenant=t, user=member)
+        return tenants
     return [spec.make(tenant) for _ in range(n)]
 
 

@@ -1,6 +1,5 @@
 """Factories for the rows only the admin tests need (the shared ones live in tests/factories.py)."""
 
-
 import factory
 
 from apps.audit.models import AuditLog
