@@ -98,6 +98,7 @@ class RecordedRequest:
     log_id: str = ""
     fault: str = ""  # which injected fault answered it, if any
     deduplicated: bool = False
+    peer: str = ""  # client address:port, tells whether connections are reused
 
     @property
     def token(self) -> str:
@@ -116,6 +117,7 @@ class Fault:
     delay: float = 0.0
     html: bool = False  # answer a gateway-style non-JSON body
     name: str = ""
+    delay_answer: float = 0.0  # process the request normally, then hold the answer back this long
 
     def matches(self, method: str, path: str) -> bool:
         if self.times is not None and self.times <= 0:
@@ -281,7 +283,15 @@ class FakeFeishu:
         return self.inject(path, times=times, status=status, html=True, name=f"http_{status}")
 
     def inject_delay(self, seconds: float, *, times: int = 1, path: str | None = None) -> Fault:
+        """Slow request: wait `seconds`, then handle it (it is applied late, after a client may have retried)."""
         return self.inject(path, times=times, delay=seconds, name="delay")
+
+    def inject_slow_answer(self, seconds: float, *, times: int = 1, path: str | None = None) -> Fault:
+        """Lost answer: the request is applied at once, the answer comes `seconds` later."""
+        fault = Fault(path, None, times, name="slow_answer", delay_answer=seconds)
+        with self._lock:
+            self._faults.append(fault)
+        return fault
 
     def inject_error(
         self, code: int, *, path: str | None = None, times: int | None = None, status: int = 400, msg: str = ""
@@ -307,6 +317,14 @@ class FakeFeishu:
     def requests(self) -> list[RecordedRequest]:
         with self._lock:
             return list(self._requests)
+
+    def wait_idle(self, timeout: float = 10.0) -> None:
+        """Wait until every request received so far has been answered (e.g. a delayed one a client gave up on)."""
+        deadline = time.monotonic() + timeout
+        while any(r.status == 0 for r in self.requests):
+            if time.monotonic() > deadline:
+                raise TimeoutError("fake Feishu still has unanswered requests")
+            time.sleep(0.02)
 
     def requests_to(self, path: str, method: str | None = None) -> list[RecordedRequest]:
         """Recorded requests whose path matches the regex `path` (and method)."""
@@ -375,6 +393,7 @@ class FakeFeishu:
             body=raw,
             time=time.time(),
             log_id=f"{time.strftime('%Y%m%d%H%M%S')}{next(self._ids):010X}",
+            peer="%s:%s" % (request.transport.get_extra_info("peername") or ("", ""))[:2] if request.transport else "",
         )
         # lark-oapi's token request carries no Content-Type; Feishu reads it as JSON anyway
         if raw and (content_type.startswith("application/json") or not content_type):
@@ -407,6 +426,9 @@ class FakeFeishu:
             payload, status, extra = self._handle(rec)
         except FeishuAPIError as exc:
             payload, status, extra = {"code": exc.code, "msg": exc.msg}, exc.status, {}
+        if fault is not None and fault.delay_answer:
+            rec.fault = fault.name
+            await asyncio.sleep(fault.delay_answer)
         if isinstance(payload, web.Response):
             rec.status, rec.code = payload.status, 0
             payload.headers["X-Tt-Logid"] = rec.log_id

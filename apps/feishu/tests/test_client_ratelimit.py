@@ -1,0 +1,71 @@
+"""The per-app rate limiter: a burst queues instead of tripping Feishu, shared across processes via Redis."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+from django.conf import settings as django_settings
+
+from apps.feishu.client import FeishuClient
+from apps.feishu.ratelimit import LocalRateLimiter, RedisRateLimiter, rate_limiter
+from tests.fakes.fixtures import fake_feishu, fake_feishu_server, feishu_bot  # noqa: F401
+
+pytestmark = pytest.mark.django_db
+
+
+def test_the_limiter_is_the_shared_redis_bucket_in_real_mode():
+    assert django_settings.REDIS_URL
+    assert isinstance(rate_limiter(), RedisRateLimiter)
+
+
+def test_a_burst_queues_at_the_configured_rate(feishu_bot, fake_feishu, settings):
+    settings.FEISHU_RATE_PER_SECOND = 5  # bucket of 5, refilled at 5/s
+    client = FeishuClient.for_bot(feishu_bot)
+    client.bot_info()  # fetch the token first; it takes one bucket token too
+
+    started = time.monotonic()
+    for n in range(8):
+        client.send_message(
+            receive_id="oc_group_1", receive_id_type="chat_id", msg_type="text", content={"text": f"#{n}"},
+            uuid=f"burst-{n}",
+        )  # fmt: skip
+    elapsed = time.monotonic() - started
+
+    # 1 + 8 calls against 5 tokens: 4 had to wait for refills at 5/s -> at least 0.8 s
+    assert elapsed >= 0.75
+    sends = fake_feishu.requests_to(r"/im/v1/messages$")
+    assert [r.status for r in sends] == [200] * 8
+    assert len(fake_feishu.messages) == 8
+    # the queued tail arrived spaced by the refill interval, not all at once
+    tail = [r.time for r in sends[-3:]]
+    assert tail[1] - tail[0] >= 0.15 and tail[2] - tail[1] >= 0.15
+
+
+def test_the_bucket_is_shared_with_another_process(settings):
+    key = "cli_shared_bucket_test"
+    limiter = RedisRateLimiter(settings.REDIS_URL)
+    for _ in range(5):
+        assert limiter.reserve(key, rate=5, capacity=5) == 0  # drain it here...
+    for n in range(1, 11):
+        assert limiter.reserve(key, rate=5, capacity=5) == pytest.approx(n / 5, abs=0.05)  # ...and queue 10
+    code = (
+        "from apps.feishu.ratelimit import RedisRateLimiter;"
+        f"print(RedisRateLimiter({settings.REDIS_URL!r}).reserve({key!r}, rate=5, capacity=5))"
+    )
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=30)
+
+    # the other process queues behind those 10: 11 refills at 5/s (2.2 s) minus its own start-up time
+    assert 1.0 <= float(out.stdout.strip()) <= 2.2
+
+
+def test_the_embedded_limiter_queues_in_process():
+    limiter = LocalRateLimiter()
+    waits = [limiter.reserve("cli_x", rate=10, capacity=2) for _ in range(4)]
+
+    assert waits[:2] == [0.0, 0.0]
+    assert waits[2] == pytest.approx(0.1, abs=0.02)
+    assert waits[3] == pytest.approx(0.2, abs=0.02)
