@@ -275,7 +275,8 @@ def _bot_added_ingest(*, bot: Bot, header: dict, payload: dict, source: str, tra
                 welcome_enqueue(inbound_event_id=row.pk)
     except IntegrityError:
         return IngestResult(outcome="duplicate", reason="event already received")
-    return IngestResult(outcome="accepted" if welcome else "ignored", inbound_event_id=row.pk, reason=reason)
+    outcome = "accepted" if welcome else ("stale" if status == InboundEvent.Status.STALE else "ignored")
+    return IngestResult(outcome=outcome, inbound_event_id=row.pk, reason=reason)
 
 
 def _toast(kind: str, content: str) -> dict:
