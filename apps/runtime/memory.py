@@ -46,8 +46,8 @@ class Round:
     messages: list[Message] = field(default_factory=list)
 
     @property
-    def last_id(self) -> int:
-        return self.messages[-1].pk
+    def user_id(self) -> int:
+        return self.messages[0].pk
 
     @property
     def tokens(self) -> int:
@@ -87,22 +87,35 @@ def session_start(*, conversation: Conversation, at=None) -> None:
     )
 
 
-def history_rounds(*, conversation: Conversation, before_id: int) -> list[Round]:
-    """Succeeded rounds of the current session that are not folded into the summary, oldest first."""
-    qs = Message.objects.filter(
-        conversation=conversation,
-        id__lt=before_id,
-        role__in=[Message.Role.USER, Message.Role.ASSISTANT],
-        turn__status=Turn.Status.SUCCEEDED,
-    ).exclude(content="")
-    if conversation.session_started_at is not None:
-        qs = qs.filter(created_at__gte=conversation.session_started_at)
-    if conversation.summary_upto_id:
-        qs = qs.filter(id__gt=conversation.summary_upto_id)
-    rounds: dict[int, Round] = {}
-    for message in qs.order_by("id").only("id", "role", "content", "turn_id"):
-        rounds.setdefault(message.turn_id, Round()).messages.append(message)
-    return [r for r in rounds.values() if r.messages]
+def history_rounds(*, conversation: Conversation, before_turn_id: int, limit: int = 50) -> list[Round]:
+    """Succeeded rounds of the current session not folded into the summary, oldest first.
+
+    Rounds are ordered by turn, not by message id: a message queued during a turn has a smaller id
+    than that turn's answer. A round is folded when its user message id <= summary_upto_id.
+    """
+    turn_ids = list(
+        Turn.objects.filter(conversation=conversation, status=Turn.Status.SUCCEEDED, id__lt=before_turn_id)
+        .order_by("-id")
+        .values_list("pk", flat=True)[:limit]
+    )
+    messages = Message.objects.filter(turn_id__in=turn_ids, role__in=[Message.Role.USER, Message.Role.ASSISTANT]).only(
+        "id", "role", "content", "turn_id", "created_at"
+    )
+    by_turn: dict[int, list[Message]] = {}
+    for message in messages.order_by("id"):
+        by_turn.setdefault(message.turn_id, []).append(message)
+    rounds = []
+    for turn_id in sorted(by_turn):
+        items = sorted(by_turn[turn_id], key=lambda m: m.role != Message.Role.USER)  # user first
+        user = items[0]
+        if user.role != Message.Role.USER or not all(m.content for m in items):
+            continue
+        if conversation.session_started_at is not None and user.created_at < conversation.session_started_at:
+            continue
+        if conversation.summary_upto_id and user.pk <= conversation.summary_upto_id:
+            continue
+        rounds.append(Round(messages=items))
+    return rounds
 
 
 def memory_select(*, rounds: list[Round], agent: Agent, summary: str) -> tuple[list[Round], list[Round]]:
@@ -146,7 +159,7 @@ def memory_fold(*, conversation: Conversation, rounds: list[Round], llm: LLMSess
         logger.warning("memory.fold_empty", rounds=len(rounds))
         return False
     conversation.summary = summary
-    conversation.summary_upto_id = rounds[-1].last_id
+    conversation.summary_upto_id = rounds[-1].user_id
     Conversation.objects.filter(pk=conversation.pk).update(
         summary=summary, summary_upto_id=conversation.summary_upto_id
     )

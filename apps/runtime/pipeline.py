@@ -177,7 +177,13 @@ def turn_run(*, message: Message, active: ActiveTurn, trace_id: str) -> Turn:
             state.llm = LLMSession(agent=agent, active=active, trace_id=trace_id)
             tools = tools_for_agent(agent)
             chat = turn_build(
-                conversation=conversation, agent=agent, binding=binding, message=message, tools=tools, llm=state.llm
+                conversation=conversation,
+                turn=turn,
+                agent=agent,
+                binding=binding,
+                message=message,
+                tools=tools,
+                llm=state.llm,
             )
         db_release()  # nothing holds a connection while the model thinks
         with clock.stage("run"):
@@ -284,13 +290,14 @@ def system_prompt(*, conversation: Conversation, agent: Agent, binding: Binding 
 def turn_build(
     *,
     conversation: Conversation,
+    turn: Turn,
     agent: Agent,
     binding: Binding | None,
     message: Message,
     tools: list,
     llm: LLMSession,
 ) -> list[dict[str, Any]]:
-    rounds = history_rounds(conversation=conversation, before_id=message.pk)
+    rounds = history_rounds(conversation=conversation, before_turn_id=turn.pk)
     fold, keep = memory_select(rounds=rounds, agent=agent, summary=conversation.summary)
     if fold:
         db_release()

@@ -25,7 +25,7 @@ class Conversation(TenantOwnedModel):
     user = models.ForeignKey("auth.User", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     title = models.CharField(max_length=200, blank=True)
     # Short-term memory: history before session_started_at is forgotten (/reset, idle TTL);
-    # rounds folded into `summary` are those with id <= summary_upto_id.
+    # rounds folded into `summary` are those whose user message id <= summary_upto_id.
     session_started_at = models.DateTimeField(null=True, blank=True)
     summary = models.TextField(blank=True)
     summary_upto_id = models.BigIntegerField(null=True, blank=True)
