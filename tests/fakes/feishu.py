@@ -393,7 +393,7 @@ class FakeFeishu:
             body=raw,
             time=time.time(),
             log_id=f"{time.strftime('%Y%m%d%H%M%S')}{next(self._ids):010X}",
-            peer="%s:%s" % (request.transport.get_extra_info("peername") or ("", ""))[:2] if request.transport else "",
+            peer=_peer(request),
         )
         # lark-oapi's token request carries no Content-Type; Feishu reads it as JSON anyway
         if raw and (content_type.startswith("application/json") or not content_type):
@@ -866,6 +866,11 @@ class FakeFeishu:
         if not isinstance(rec.json, dict):
             raise FeishuAPIError(FIELD_VALIDATION, "field validation failed: body must be a JSON object")
         return rec.json
+
+
+def _peer(request: web.Request) -> str:
+    info = request.transport.get_extra_info("peername") if request.transport else None
+    return f"{info[0]}:{info[1]}" if info else ""
 
 
 def _collect_elements(node: Any, out: dict[str, dict]) -> None:

@@ -1,3 +1,4 @@
+# ruff: noqa: F811
 """The per-app rate limiter: a burst queues instead of tripping Feishu, shared across processes via Redis."""
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ from django.conf import settings as django_settings
 
 from apps.feishu.client import FeishuClient
 from apps.feishu.ratelimit import LocalRateLimiter, RedisRateLimiter, rate_limiter
+
+# Until the root conftest has `pytest_plugins = ["tests.fakes.fixtures"]`, import the fixtures here
+# (pytest finds fixtures by name; the test parameters shadow these imports on purpose).
 from tests.fakes.fixtures import fake_feishu, fake_feishu_server, feishu_bot  # noqa: F401
 
 pytestmark = pytest.mark.django_db

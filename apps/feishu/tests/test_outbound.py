@@ -1,3 +1,4 @@
+# ruff: noqa: F811
 """outbound_send / outbound_retry: the logged send path, checked against what the fake Feishu received."""
 
 from __future__ import annotations
@@ -10,6 +11,9 @@ from django.db import connection
 from apps.feishu.models import OutboundMessage
 from apps.feishu.outbound import outbound_retry, outbound_send, outbound_uuid
 from tests.factories import ConversationFactory
+
+# Until the root conftest has `pytest_plugins = ["tests.fakes.fixtures"]`, import the fixtures here
+# (pytest finds fixtures by name; the test parameters shadow these imports on purpose).
 from tests.fakes.fixtures import fake_feishu, fake_feishu_server, feishu_bot  # noqa: F401
 
 pytestmark = pytest.mark.django_db
