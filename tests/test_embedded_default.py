@@ -51,6 +51,7 @@ class RunningApp:
     process: subprocess.Popen
     base_url: str
     data_dir: Path
+    llm_port: int
     output: list[str] = field(default_factory=list)
 
     def banner(self, label: str) -> str:
@@ -61,10 +62,10 @@ class RunningApp:
         raise AssertionError(f"no {label!r} line in bin/run output:\n{''.join(self.output)}")
 
 
-def start_run_command(data_dir: Path) -> RunningApp:
-    port = free_port()
+def start_run_command(data_dir: Path, llm_port: int | None = None) -> RunningApp:
+    port, llm_port = free_port(), llm_port or free_port()
     env = {k: v for k, v in os.environ.items() if k not in REMOVED and not k.startswith("PYTEST")}
-    env |= {"OMNIAGENT_DATA_DIR": str(data_dir), "PORT": str(port), "DEMO_LLM_PORT": str(free_port())}
+    env |= {"OMNIAGENT_DATA_DIR": str(data_dir), "PORT": str(port), "DEMO_LLM_PORT": str(llm_port)}
     process = subprocess.Popen(
         ["bin/run"],
         cwd=ROOT,
@@ -74,7 +75,7 @@ def start_run_command(data_dir: Path) -> RunningApp:
         text=True,
         start_new_session=True,
     )
-    app = RunningApp(process=process, base_url=f"http://127.0.0.1:{port}", data_dir=data_dir)
+    app = RunningApp(process=process, base_url=f"http://127.0.0.1:{port}", data_dir=data_dir, llm_port=llm_port)
     threading.Thread(target=lambda: app.output.extend(iter(process.stdout.readline, "")), daemon=True).start()
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
@@ -160,3 +161,18 @@ def test_it_keeps_its_data_and_secrets_in_the_data_folder(app):
 def test_it_serves_the_admin_stylesheet(app):
     response = httpx.get(f"{app.base_url}/static/admin/css/base.css", timeout=10)
     assert response.status_code == 200 and "text/css" in response.headers["content-type"]
+
+
+def test_it_restarts_on_the_same_data_with_the_same_login(app, data_dir):
+    password = app.banner("password")
+    stop(app)
+    # Same demo LLM port, so the demo agent's base URL is the same as in the first run.
+    again = start_run_command(data_dir, llm_port=app.llm_port)
+    try:
+        assert again.banner("password") == password
+        assert any("already up to date" in line for line in again.output), "".join(again.output)
+        with httpx.Client(base_url=again.base_url, follow_redirects=True, timeout=10) as client:
+            index = admin_login(client, again.banner("username"), password)
+            assert "Log out" in index.text
+    finally:
+        stop(again)
