@@ -136,6 +136,78 @@ def tree_memory(pid: int) -> Memory:
     return Memory(rss_mib=rss / 1024, pss_mib=pss / 1024, processes=len(pids))
 
 
+# --- CPU: how busy the machine was, and how much of that was someone else ----------------------------
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _machine_busy_jiffies() -> int:
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields[:8]) - idle
+
+
+def _tree_jiffies(pid: int) -> int:
+    total = 0
+    for p in process_tree(pid):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                after = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(after[11]) + int(after[12])  # utime + stime
+    return total
+
+
+@dataclass
+class CpuWindow:
+    """CPU used during a window, in cores: by the benchmark's own processes and by everything else.
+
+    The machine may be shared (other test runs); ``others_cores`` says how much they took, so a
+    figure measured under someone else's load can be recognised as such."""
+
+    pids: list[int]
+    seconds: float = 0.0
+    ours_cores: float = 0.0
+    others_cores: float = 0.0
+    _start: tuple[float, int, int] | None = None
+
+    def _ours(self) -> int:
+        return sum(_tree_jiffies(p) for p in self.pids)
+
+    def __enter__(self) -> CpuWindow:
+        self._start = (time.monotonic(), _machine_busy_jiffies(), self._ours())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        t0, busy0, ours0 = self._start
+        self.seconds = time.monotonic() - t0
+        busy = (_machine_busy_jiffies() - busy0) / CLK_TCK
+        ours = (self._ours() - ours0) / CLK_TCK
+        self.ours_cores = round(ours / self.seconds, 2)
+        self.others_cores = round(max(0.0, busy - ours) / self.seconds, 2)
+
+    def as_dict(self) -> dict:
+        return {"seconds": round(self.seconds, 1), "ours_cores": self.ours_cores, "others_cores": self.others_cores}
+
+
+def machine_busy_cores(seconds: float = 2.0) -> float:
+    """How many cores the whole machine kept busy over the next ``seconds``."""
+    before = _machine_busy_jiffies()
+    time.sleep(seconds)
+    return (_machine_busy_jiffies() - before) / CLK_TCK / seconds
+
+
+def wait_for_quiet(*, max_cores: float, timeout: float, sample: float = 3.0) -> float:
+    """Wait until the machine is nearly idle (others' tests finished); returns the last reading."""
+    deadline = time.monotonic() + timeout
+    busy = machine_busy_cores(sample)
+    while busy > max_cores and time.monotonic() < deadline:
+        print(f"   machine busy ({busy:.2f} cores in use by others), waiting for it to go quiet…", flush=True)
+        busy = machine_busy_cores(sample)
+    return busy
+
+
 # --- processes --------------------------------------------------------------------------------------
 @dataclass
 class Proc:
@@ -326,7 +398,7 @@ class Stack:
     def start_web(self, *, port: int | None = None, workers: int = 1) -> Proc:
         port = port or free_port()
         argv = [PYTHON, "-m", "uvicorn", "omniagent.asgi:application", "--host", "127.0.0.1", "--port", str(port)]
-        argv += ["--no-access-log", "--log-level", "warning", "--workers", str(workers)]
+        argv += ["--no-access-log", "--log-level", "warning", "--lifespan", "off", "--workers", str(workers)]
         return self.start("web", argv, port=port, ready=lambda: http_ok(f"http://127.0.0.1:{port}/healthz"), timeout=60)
 
     def start_worker(self, *, concurrency: int = 200) -> Proc:
@@ -384,6 +456,10 @@ class Stack:
 
     def sampler(self, interval: float = 0.25) -> MemorySampler:
         return MemorySampler(self.platform(), interval=interval)
+
+    def cpu_window(self) -> CpuWindow:
+        """Measure CPU over a block: this process and every child count as "ours"."""
+        return CpuWindow([os.getpid()] + [p.popen.pid for p in self.procs])
 
     def check_alive(self) -> None:
         for proc in self.procs:

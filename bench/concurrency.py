@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench._stack import OUT, FakeFeishuProc, Stack  # noqa: E402
+from bench._stack import OUT, FakeFeishuProc, Stack, wait_for_quiet  # noqa: E402
 
 RESULTS_MD = ROOT / "bench" / "RESULTS.md"
 ENCRYPT_KEY = "benchEncryptKey0123456789abcdef"
@@ -275,6 +275,7 @@ def phase_concurrency(stack: Stack, feishu: FakeFeishuProc, *, web_url: str, bot
     for m in ok:
         statuses[(outcomes.get(m) or {}).get("turn_status") or "no turn"] += 1
     all_answered_at = max(answered_at.values()) if answered_at else None
+    finished = [o["finished"] for m, o in outcomes.items() if m in sent and o["finished"]]
     result = {
         "conversations": n,
         "llm_latency_s": args.llm_latency,
@@ -289,7 +290,11 @@ def phase_concurrency(stack: Stack, feishu: FakeFeishuProc, *, web_url: str, bot
         "turn_statuses": dict(statuses),
         "turns_finished_before_timeout": finished_in_time,
         "answer_after_own_send_ms": dist_ms([answered_at[m] - sent[m]["sent"] for m in answered_at]),
+        # From the database (Turn.finished_at, set when the answer is saved, just before the last Feishu update).
+        "turns_finished_after_last_send_s": round(max(finished) - last_send, 3) if finished else None,
+        "turns_finished_after_last_ack_s": round(max(finished) - last_ack, 3) if finished else None,
         "all_answered_after_last_send_s": round(all_answered_at - last_send, 3) if all_answered_at else None,
+        "all_answered_after_last_ack_s": round(all_answered_at - last_ack, 3) if all_answered_at else None,
         "target_s": args.target_answer,
     }
     result["pass"] = (
@@ -356,7 +361,8 @@ def markdown(report: dict) -> str:
         "## Concurrency",
         "",
         f"`python -m bench.concurrency` on {report['machine']['cpus']} CPUs, {report['when']} "
-        f"(commit {report['commit']}). Real stack: uvicorn (1 process), Celery worker `-P threads "
+        f"(commit {report['commit']}). Real stack: uvicorn ({report['config']['web_workers']} process(es)), "
+        "Celery worker `-P threads "
         f"-c {report['config']['worker_concurrency']}`, beat, PostgreSQL, Redis, fake Feishu and fake LLM "
         "as separate processes; webhooks encrypted and signed like Feishu's.",
         "",
@@ -390,13 +396,15 @@ def markdown(report: dict) -> str:
             f"Concurrency details: webhook acks p50 {c['webhook_ack_ms']['p50']} ms / p99 "
             f"{c['webhook_ack_ms']['p99']} ms; last ack {c['last_ack_after_first_send_s']} s after the first send; "
             f"per message, send → answer complete p50 {a['p50']} ms / p99 {a['p99']} ms / max {a['max']} ms; "
-            f"turn statuses {c['turn_statuses']}."
+            f"turn statuses {c['turn_statuses']}; turns saved {c['turns_finished_after_last_send_s']} s after the "
+            f"last send; CPU {c['cpu']['ours_cores']} cores ours, {c['cpu']['others_cores']} cores other processes."
         )
     if o:
         r = o["webhook_to_reaction_ms"]
         lines.append(
             f"Overhead details: webhook ack p50 {o['webhook_ack_ms']['p50']} ms / p99 {o['webhook_ack_ms']['p99']} ms; "
-            f"webhook → processing reaction p50 {r['p50']} ms / p99 {r['p99']} ms."
+            f"webhook → processing reaction p50 {r['p50']} ms / p99 {r['p99']} ms; "
+            f"CPU {o['cpu']['ours_cores']} cores ours, {o['cpu']['others_cores']} cores other processes."
         )
     per = ", ".join(f"{k} {v} MiB" for k, v in mem["peak_rss_by_process_mib"].items())
     lines.append(f"Memory: idle {mem['idle_rss_mib']} MiB RSS; peak per process {per}.")
@@ -439,8 +447,12 @@ def main() -> int:
     parser.add_argument("--target-p99", type=float, default=200.0)
     parser.add_argument("--memory-target", type=float, default=1024.0, help="MiB")
     parser.add_argument("--worker-concurrency", type=int, default=200)
+    parser.add_argument("--web-workers", type=int, default=1, help="uvicorn processes (deploy/ runs one)")
     parser.add_argument("--warmup", type=int, default=5, help="messages sent before measuring (not counted)")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for answers per phase")
+    parser.add_argument(
+        "--wait-quiet", type=float, default=600, help="wait up to this many seconds for other load to end (0: don't)"
+    )
     parser.add_argument("--skip-concurrency", action="store_true")
     parser.add_argument("--skip-overhead", action="store_true")
     parser.add_argument("--no-results-md", action="store_true", help="do not touch bench/RESULTS.md")
@@ -459,7 +471,7 @@ def main() -> int:
         feishu = stack.start_fake_feishu()
         slow_llm = stack.start_fake_llm(latency=args.llm_latency, text=ANSWER)
         fast_llm = stack.start_fake_llm(latency=0.0, text=ANSWER)
-        web = stack.start_web()
+        web = stack.start_web(workers=args.web_workers)
         stack.start_worker(concurrency=args.worker_concurrency)
         stack.start_beat()
         stack.django_setup()
@@ -487,13 +499,21 @@ def main() -> int:
             )
             if not warm_ok:
                 report["notes"].append("warm-up messages were not all answered before the timeout")
+        if args.wait_quiet:
+            report["machine"]["busy_cores_before"] = round(wait_for_quiet(max_cores=0.3, timeout=args.wait_quiet), 2)
         with stack.sampler() as sampler:
             if not args.skip_concurrency:
-                report["concurrency"] = phase_concurrency(
-                    stack, feishu, web_url=web_url, bot_id=ids["slow"], n=args.conversations, args=args
-                )
+                with stack.cpu_window() as cpu:
+                    report["concurrency"] = phase_concurrency(
+                        stack, feishu, web_url=web_url, bot_id=ids["slow"], n=args.conversations, args=args
+                    )
+                report["concurrency"]["cpu"] = cpu.as_dict()
             if not args.skip_overhead:
-                report["overhead"] = phase_overhead(stack, feishu, web_url=web_url, m=args.overhead_messages, args=args)
+                with stack.cpu_window() as cpu:
+                    report["overhead"] = phase_overhead(
+                        stack, feishu, web_url=web_url, m=args.overhead_messages, args=args
+                    )
+                report["overhead"]["cpu"] = cpu.as_dict()
         report["memory"] = {
             "idle_rss_mib": round(sum(m.rss_mib for m in idle.values()), 1),
             "peak_rss_mib": round(sampler.peak_rss_mib, 1),
