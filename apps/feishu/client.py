@@ -105,27 +105,53 @@ class FeishuError(Exception):
 
 
 class DjangoTokenCache(ICache):
-    """lark-oapi's token cache on the Django cache: one tenant token per app for all processes."""
+    """lark-oapi's token cache on the Django cache: one tenant token per app for all processes.
+
+    A short in-process memo sits in front (Django's Redis backend builds a new client per operation,
+    the largest CPU item of a call otherwise). A process whose memo holds a token another process
+    dropped gets one auth error, drops it too and refreshes: the normal invalidation path.
+    """
 
     prefix = "feishu:lark:"
+    memo_seconds = 60.0
+
+    def __init__(self) -> None:
+        self._memo: dict[str, tuple[str, float]] = {}
 
     def get(self, key: str) -> str | None:
-        return cache.get(self.prefix + key)
+        memo = self._memo.get(key)
+        now = time.monotonic()
+        if memo is not None and memo[1] > now:
+            return memo[0]
+        value = cache.get(self.prefix + key)
+        if value:
+            self._memo[key] = (value, now + self.memo_seconds)
+        else:
+            self._memo.pop(key, None)
+        return value
 
     def set(self, key: str, value: str, expire: int) -> None:
         # lark passes an absolute unix time (already 10 minutes before Feishu's expiry)
         ttl = int(expire - time.time())
         if ttl > 0:
             cache.set(self.prefix + key, value, timeout=ttl)
+            self._memo[key] = (value, time.monotonic() + min(self.memo_seconds, ttl))
 
     def discard(self, key: str, value: str | None) -> bool:
         """Drop `key` if it still holds `value` (so a token another process just refreshed survives)."""
+        memo = self._memo.get(key)
+        if memo is not None and (value is None or memo[0] == value):
+            self._memo.pop(key, None)
         full = self.prefix + key
         current = cache.get(full)
         if current is not None and (value is None or current == value):
             cache.delete(full)
             return True
         return False
+
+    def forget_local(self) -> None:
+        """Empty the in-process memo (tests that reset the shared cache underneath us)."""
+        self._memo.clear()
 
 
 token_cache = DjangoTokenCache()
@@ -150,6 +176,9 @@ class _Sessions:
                     adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=_POOL_SIZE)
                     session.mount("http://", adapter)
                     session.mount("https://", adapter)
+                    # read proxy / CA settings from the environment once, not on every request
+                    session.proxies = requests.utils.get_environ_proxies(base_url)
+                    session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("SSL_CERT_FILE") or True
                     session.trust_env = False
                     self._sessions[key] = session
         return session

@@ -22,7 +22,10 @@ def fake_feishu_server():
 @pytest.fixture
 def fake_feishu(fake_feishu_server):
     """The fake Feishu server, reset to a clean state (no requests, messages, tokens, faults) per test."""
+    from apps.feishu.client import token_cache
+
     fake_feishu_server.reset()
+    token_cache.forget_local()  # the fake forgot its tokens; so must this process
     yield fake_feishu_server
     fake_feishu_server.reset()
 

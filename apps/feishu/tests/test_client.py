@@ -4,6 +4,10 @@
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from django.core.cache import cache
@@ -18,6 +22,7 @@ pytestmark = pytest.mark.django_db
 
 TEXT = {"text": "hello"}
 REPLY_PATH = r"/im/v1/messages/om_[^/]+/reply$"
+REPO_ROOT = Path(__file__).resolve().parents[3]
 STREAM_CARD = {
     "schema": "2.0",
     "config": {"streaming_mode": True, "update_multi": True},
@@ -164,6 +169,25 @@ def test_the_tenant_token_is_shared_by_clients_through_the_cache(feishu_bot, fak
     tokens = {r.token for r in fake_feishu.requests_to(REPLY_PATH)}
     assert len(tokens) == 1
     assert cache.get(f"feishu:lark:self_tenant_token:{feishu_bot.app_id}") in tokens
+
+
+def test_the_tenant_token_is_shared_with_another_process(feishu_bot, fake_feishu):
+    reply(FeishuClient.for_bot(feishu_bot), uuid="from-this-process")
+    code = (
+        "import django; django.setup()\n"
+        "from apps.feishu.client import FeishuClient\n"
+        f"client = FeishuClient(app_id={feishu_bot.app_id!r}, app_secret={feishu_bot.app_secret!r},"
+        f" base_url={feishu_bot.base_url!r})\n"
+        "client.reply_message(message_id='om_inbound_1', msg_type='text', content={'text': 'hi'},"
+        " uuid='from-another-process')\n"
+    )
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings"}
+
+    subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO_ROOT, check=True, timeout=60)
+
+    assert [m["uuid"] for m in fake_feishu.messages] == ["from-this-process", "from-another-process"]
+    assert len(fake_feishu.token_requests) == 1
+    assert len({r.token for r in fake_feishu.requests_to(REPLY_PATH)}) == 1
 
 
 def test_a_wrong_app_secret_is_a_permanent_error(feishu_bot, fake_feishu):
