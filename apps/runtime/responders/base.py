@@ -57,7 +57,8 @@ class ResponderContext:
     """What a responder may need to deliver one turn's answer."""
 
     conversation: Conversation
-    turn: Turn
+    # None for on_notice replies (commands are answered without a turn).
+    turn: Turn | None
     # The user Messages this turn answers (oldest first); the last one is what Feishu replies to.
     user_messages: list[Message] = field(default_factory=list)
     trace_id: str = ""

@@ -367,7 +367,7 @@ class FeishuResponder(Responder):
     def on_notice(self, text: str) -> None:
         if self.usable:
             self.finished = True
-            self._text_message(text, "notice")
+            self._plain(text, first_part="notice")  # post/md: command help uses markdown
 
     def close(self) -> None:
         if self.card is not None and not self.card.closed:
