@@ -155,7 +155,7 @@ def turn_run(*, message: Message, active: ActiveTurn, trace_id: str) -> Turn:
     logger.info("turn.start")
     try:
         with clock.stage("restore"):
-            agent, binding = turn_restore(conversation=conversation)
+            agent, binding = turn_restore(conversation=conversation, message=message)
             turn.agent = agent
             Turn.objects.filter(pk=turn.pk).update(agent=agent)
             session_refresh(conversation=conversation, agent=agent, message=message)
@@ -245,8 +245,9 @@ def turn_run(*, message: Message, active: ActiveTurn, trace_id: str) -> Turn:
 
 
 # -- stages ------------------------------------------------------------------------------------
-def turn_restore(*, conversation: Conversation) -> tuple[Agent, Binding | None]:
-    """The agent that answers: the bot's binding for this chat, else the conversation's own agent."""
+def turn_restore(*, conversation: Conversation, message: Message) -> tuple[Agent, Binding | None]:
+    """The agent that answers: the bot's binding for this chat (resolved now, so an admin's change
+    applies to the next message), else the conversation's own agent."""
     binding = None
     agent = conversation.agent
     if conversation.bot_id:
@@ -256,7 +257,7 @@ def turn_restore(*, conversation: Conversation) -> tuple[Agent, Binding | None]:
             bot=conversation.bot,
             chat_type=conversation.chat_type,
             chat_id=conversation.chat_id,
-            user_open_id=conversation.user_open_id,
+            user_open_id=conversation.user_open_id or message.sender_open_id,
         )
         if binding is not None:
             agent = binding.agent
@@ -312,8 +313,21 @@ def turn_build(
     ]
     for round_ in keep:
         chat.extend(round_.as_chat())
-    chat.append({"role": "user", "content": message.content or "（空消息）"})
+    chat.append({"role": "user", "content": user_text(message)})
     return chat
+
+
+ATTACHMENT_LABELS = {"image": "图片", "file": "文件", "audio": "语音", "media": "视频", "sticker": "表情"}
+
+
+def user_text(message: Message) -> str:
+    """What the model reads for a user message: its text plus a line per attachment."""
+    lines = [message.content] if message.content.strip() else []
+    for item in message.attachments or []:
+        if isinstance(item, dict):
+            label = ATTACHMENT_LABELS.get(item.get("type", ""), item.get("type") or "附件")
+            lines.append(f"[{label}{'：' + item['name'] if item.get('name') else ''}]")
+    return "\n".join(lines) or "（空消息）"
 
 
 def turn_llm_loop(

@@ -14,12 +14,14 @@ runner token blocks on the row lock and re-checks after the release.
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from datetime import timedelta
 
 import structlog
 from django.conf import settings
-from django.db import transaction
+from django.db import close_old_connections, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -161,3 +163,34 @@ def conversations_sweep(*, grace_seconds: int = 15) -> int:
     if ids:
         logger.info("runner.sweep_requeued", conversations=len(ids))
     return len(ids)
+
+
+SWEEP_INTERVAL_SECONDS = 30
+_sweeper_lock = threading.Lock()
+_sweeper: threading.Thread | None = None
+
+
+def inprocess_sweeper_start(*, interval: float = SWEEP_INTERVAL_SECONDS) -> bool:
+    """Embedded default (no Celery beat): run the sweep from a daemon thread of this process.
+
+    Call once at server start-up when ``TASK_RUNNER == "inprocess"``; returns False if already running.
+    """
+    global _sweeper
+    with _sweeper_lock:
+        if _sweeper is not None and _sweeper.is_alive():
+            return False
+
+        def loop() -> None:
+            while True:
+                time.sleep(interval)
+                try:
+                    conversations_sweep()
+                except Exception:
+                    logger.exception("runner.sweep_failed")
+                finally:
+                    close_old_connections()
+                    connection.close()
+
+        _sweeper = threading.Thread(target=loop, name="turn-sweeper", daemon=True)
+        _sweeper.start()
+        return True

@@ -252,3 +252,33 @@ def test_turns_waiting_on_the_llm_hold_no_database_connection(fake_llm, recorder
     for conversation in conversations:
         wait_for(lambda c=conversation: recorder.finals(c), timeout=20)
         wait_for(lambda c=conversation: settled(c))
+
+
+def test_the_lease_is_renewed_during_a_long_turn(fake_llm, recorder, make_conversation, settings, monkeypatch):
+    settings.TURN_LEASE_SECONDS = 2  # renewed every ~0.7 s by the watchdog
+    monkeypatch.setattr("apps.runtime.watch.watchdog._last_renew", 0.0)
+    fake_llm.script(Reply(text="slow", first_token_delay=3.0))
+    conversation = make_conversation()
+    post(conversation, "hi")
+    wait_for(lambda: fake_llm.in_flight)
+    conversation.refresh_from_db()
+    first_lease = conversation.runner_lease_until
+
+    time.sleep(1.5)
+
+    conversation.refresh_from_db()
+    assert conversation.runner_lease_until > first_lease
+    assert conversation.runner_lease_until > timezone.now()  # a 2 s lease still alive after 1.5 s+
+    wait_for(lambda: recorder.finals(conversation))
+    wait_for(lambda: settled(conversation))
+
+
+def test_queued_messages_with_attachments_reach_the_model_described(fake_llm, recorder, make_conversation):
+    fake_llm.script(Reply(text="ok"))
+    conversation = make_conversation()
+    message = post(conversation, "看看这个", enqueue=False)
+    Message.objects.filter(pk=message.pk).update(attachments=[{"type": "file", "key": "file_v2_x", "name": "合同.pdf"}])
+
+    conversation_process(conversation_id=conversation.pk)
+
+    assert fake_llm.chat_requests()[0].messages[-1]["content"] == "看看这个\n[文件：合同.pdf]"
