@@ -23,6 +23,7 @@ import base64
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -310,6 +311,7 @@ class Stack:
         self.database_url = PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + db_name
         self.redis_url = redis_url
         self.log_dir = OUT / "logs" / name
+        shutil.rmtree(self.log_dir, ignore_errors=True)  # logs of this run only
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.procs: list[Proc] = []
         # Fixed, bench-only keys: the bench database is thrown away after each run.

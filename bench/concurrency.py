@@ -32,6 +32,8 @@ import math
 import os
 import platform
 import re
+import shutil
+import subprocess
 import sys
 import time
 from collections import defaultdict
@@ -53,6 +55,7 @@ SLOW_APP, FAST_APP = "cli_bench_slow", "cli_bench_fast"
 REPLY_RE = re.compile(r"^/open-apis/im/v1/messages/(om_[^/]+)/reply$")
 REACTION_RE = re.compile(r"^/open-apis/im/v1/messages/(om_[^/]+)/reactions(?:/[^/]+)?$")
 CARD_RE = re.compile(r"^/open-apis/cardkit/v1/cards/([^/]+)/")
+PROJECT_FRAME = re.compile(r"\((?:/work/main/)?(?:apps|omniagent)/")
 
 
 # --- helpers ----------------------------------------------------------------------------------------
@@ -251,9 +254,50 @@ def turn_outcomes(bot_id: int) -> dict[str, dict]:
 
 
 # --- phases -----------------------------------------------------------------------------------------
+def profile_start(stack: Stack, seconds: float) -> list[tuple[str, subprocess.Popen, Path]]:
+    """py-spy (optional tool) on web and worker: where their CPU goes during the phase."""
+    py_spy = shutil.which("py-spy") or str(ROOT / ".venv" / "bin" / "py-spy")
+    if not Path(py_spy).exists():
+        print("   py-spy not installed: no profile", flush=True)
+        return []
+    running = []
+    for proc in stack.platform():
+        if proc.name not in ("web", "worker"):
+            continue
+        out = stack.log_dir / f"profile-{proc.name}.txt"
+        argv = [py_spy, "record", "--pid", str(proc.popen.pid), "--subprocesses", "--duration", str(int(seconds))]
+        argv += ["--format", "raw", "--output", str(out), "--nonblocking", "--rate", "50"]
+        running.append((proc.name, subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), out))
+    return running
+
+
+def profile_summary(running: list[tuple[str, subprocess.Popen, Path]], top: int = 12) -> dict[str, list]:
+    """Per process: the project functions with the most samples on the stack (inclusive), as % of samples."""
+    summary = {}
+    for name, popen, out in running:
+        popen.wait(120)
+        if not out.exists():
+            continue
+        inclusive: dict[str, int] = defaultdict(int)
+        total = 0
+        for line in out.read_text().splitlines():
+            stack_text, _, count = line.rpartition(" ")
+            if not count.isdigit():
+                continue
+            total += int(count)
+            # py-spy names frames "function (path:line)"; keep the project's, without line numbers.
+            frames = {re.sub(r":\d+\)$", ")", f) for f in stack_text.split(";") if PROJECT_FRAME.search(f)}
+            for frame in frames:
+                inclusive[frame] += int(count)
+        ranked = sorted(inclusive.items(), key=lambda kv: -kv[1])[:top]
+        summary[name] = [(frame, round(100 * c / total, 1)) for frame, c in ranked] if total else []
+    return summary
+
+
 def phase_concurrency(stack: Stack, feishu: FakeFeishuProc, *, web_url: str, bot_id: int, n: int, args) -> dict:
     items = webhook_bodies(SLOW_APP, f"conc{os.getpid()}", n)
     print(f"-- concurrency: {n} conversations, one message each, LLM latency {args.llm_latency} s", flush=True)
+    profiling = profile_start(stack, args.profile) if args.profile else []
     sent = asyncio.run(post_all(f"{web_url}/webhooks/feishu/{SLOW_APP}/", items))
     ok = [m for m, s in sent.items() if s["status"] == 200]
     first_send = min(s["sent"] for s in sent.values())
@@ -297,6 +341,8 @@ def phase_concurrency(stack: Stack, feishu: FakeFeishuProc, *, web_url: str, bot
         "all_answered_after_last_ack_s": round(all_answered_at - last_ack, 3) if all_answered_at else None,
         "target_s": args.target_answer,
     }
+    if profiling:
+        result["profile_inclusive_pct"] = profile_summary(profiling)
     result["pass"] = (
         not missing
         and len(ok) == n
@@ -364,7 +410,8 @@ def markdown(report: dict) -> str:
         f"(commit {report['commit']}). Real stack: uvicorn ({report['config']['web_workers']} process(es)), "
         "Celery worker `-P threads "
         f"-c {report['config']['worker_concurrency']}`, beat, PostgreSQL, Redis, fake Feishu and fake LLM "
-        "as separate processes; webhooks encrypted and signed like Feishu's.",
+        "as separate processes; webhooks encrypted and signed like Feishu's; "
+        f"FEISHU_RATE_PER_SECOND={report['config']['feishu_rate']} (the fake has no quota).",
         "",
         "| measure | target | result | |",
         "|---|---|---|---|",
@@ -447,12 +494,14 @@ def main() -> int:
     parser.add_argument("--target-p99", type=float, default=200.0)
     parser.add_argument("--memory-target", type=float, default=1024.0, help="MiB")
     parser.add_argument("--worker-concurrency", type=int, default=200)
+    parser.add_argument("--feishu-rate", type=int, default=2000, help="FEISHU_RATE_PER_SECOND for the stack")
     parser.add_argument("--web-workers", type=int, default=1, help="uvicorn processes (deploy/ runs one)")
     parser.add_argument("--warmup", type=int, default=5, help="messages sent before measuring (not counted)")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for answers per phase")
     parser.add_argument(
         "--wait-quiet", type=float, default=600, help="wait up to this many seconds for other load to end (0: don't)"
     )
+    parser.add_argument("--profile", type=float, default=0, help="py-spy web+worker for this many seconds (phase 1)")
     parser.add_argument("--skip-concurrency", action="store_true")
     parser.add_argument("--skip-overhead", action="store_true")
     parser.add_argument("--no-results-md", action="store_true", help="do not touch bench/RESULTS.md")
@@ -465,7 +514,10 @@ def main() -> int:
         "config": {k: v for k, v in vars(args).items() if k != "no_results_md"},
         "notes": [],
     }
-    with Stack(name="concurrency") as stack:
+    # The platform's own per-app Feishu rate limiter (default 40/s, like Feishu's typical 50/s) would
+    # cap one bot at a few answered conversations per second (~6 calls each); the fake has no quota,
+    # and this benchmark measures the platform, so the limiter is raised unless --feishu-rate says otherwise.
+    with Stack(name="concurrency", env={"FEISHU_RATE_PER_SECOND": str(args.feishu_rate)}) as stack:
         print("-- starting the stack (bench/out/logs/concurrency/)", flush=True)
         stack.database_create()
         feishu = stack.start_fake_feishu()
@@ -486,7 +538,10 @@ def main() -> int:
             # Warm every cache on the way (bot lookups, Feishu tenant token, HTTP pools, DB pools).
             for app_id in (FAST_APP, SLOW_APP):
                 asyncio.run(
-                    post_all(f"{web_url}/webhooks/feishu/{app_id}/", webhook_bodies(app_id, "warm", args.warmup))
+                    post_all(
+                        f"{web_url}/webhooks/feishu/{app_id}/",
+                        webhook_bodies(app_id, f"warm{app_id[-4:]}", args.warmup),
+                    )
                 )
             warm_ok = wait_until(
                 lambda: (
