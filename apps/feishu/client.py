@@ -77,6 +77,7 @@ logger = structlog.get_logger(__name__)
 
 # Feishu error codes (https://open.feishu.cn/document/server-docs/api-call-guide/generic-error-code)
 RATE_LIMITED = 99991400
+CHAT_RATE_LIMITED = 230020  # IM: sending to one chat too fast (about 5/s per chat); transient
 TOKEN_ERRORS = frozenset({99991661, 99991663, 99991664, 99991668})
 PERMANENT_ERRORS = frozenset({230001, 99991672, 99991676, 99991679})
 CARD_SEQUENCE_CONFLICT = 300317
@@ -563,7 +564,9 @@ class FeishuClient:
                 retryable = (
                     code not in PERMANENT_ERRORS
                     and code not in TOKEN_ERRORS
-                    and (resp.http_status == 429 or resp.http_status >= 500 or code == RATE_LIMITED)
+                    and (
+                        resp.http_status == 429 or resp.http_status >= 500 or code in (RATE_LIMITED, CHAT_RATE_LIMITED)
+                    )
                 )
                 if resp.http_status >= 500:
                     maybe_applied = True

@@ -29,6 +29,7 @@ import re
 import secrets
 import signal
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -146,8 +147,17 @@ class _Route:
 class FakeFeishu:
     """The fake server and its state. Thread-safe: handlers run on the server thread, tests read."""
 
-    def __init__(self, *, host: str = "127.0.0.1", port: int = 0, token_expire: int = 7200, strict_apps: bool = False):
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        token_expire: int = 7200,
+        strict_apps: bool = False,
+        ssl_context: ssl.SSLContext | None = None,
+    ):
         self.host, self.port = host, port
+        self.ssl_context = ssl_context  # serve https (see self_signed_certificate) like the real thing
         self.token_expire = token_expire
         # strict: only apps added with add_app() get tokens; otherwise an unknown app is registered with
         # the secret it first presents (a later different secret is still rejected).
@@ -166,7 +176,7 @@ class FakeFeishu:
 
     @property
     def base_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.ssl_context else 'http'}://{self.host}:{self.port}"
 
     def start(self) -> FakeFeishu:
         ready = threading.Event()
@@ -209,7 +219,7 @@ class FakeFeishu:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.host, self.port))
         self.port = sock.getsockname()[1]
-        await web.SockSite(self._runner, sock).start()
+        await web.SockSite(self._runner, sock, ssl_context=self.ssl_context).start()
 
     def reset(self) -> None:
         """Forget everything: requests, messages, tokens, faults, cards; restore canned data."""
@@ -933,13 +943,60 @@ def _content_problem(msg_type: str, c: dict, cards: dict, uploads: dict) -> str:
     return f"unsupported msg_type {msg_type}"
 
 
+def self_signed_certificate(directory: str) -> tuple[str, str]:
+    """Write a throwaway certificate for 127.0.0.1/localhost; returns (cert.pem, key.pem) paths."""
+    import datetime
+    import ipaddress
+    import os
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fake-feishu.local")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
+    with open(cert_path, "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+    with open(key_path, "wb") as f:
+        f.write(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+    return cert_path, key_path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="Fake Feishu Open API for local development and benchmarks")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9100)
     parser.add_argument("--app", action="append", default=[], metavar="APP_ID:SECRET", help="register an app (strict)")
+    parser.add_argument("--tls", metavar="DIR", help="serve https with a self-signed certificate written to DIR")
     args = parser.parse_args()
-    fake = FakeFeishu(host=args.host, port=args.port, strict_apps=bool(args.app))
+    context = None
+    if args.tls:
+        cert, key = self_signed_certificate(args.tls)
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(cert, key)
+    fake = FakeFeishu(host=args.host, port=args.port, strict_apps=bool(args.app), ssl_context=context)
     for pair in args.app:
         app_id, _, secret = pair.partition(":")
         fake.add_app(app_id, secret)

@@ -17,6 +17,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 
@@ -38,7 +39,18 @@ def _measure(label: str, calls: int, fn) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--calls", type=int, default=500)
+    parser.add_argument("--tls", action="store_true", help="serve the fake over https (self-signed), like Feishu")
     args = parser.parse_args()
+    tls_dir = tempfile.mkdtemp(prefix="fake-feishu-tls-") if args.tls else ""
+    if tls_dir:
+        # both lark's per-call requests and our session (at creation) trust the throwaway certificate
+        # (the usual public CA bundle plus the throwaway certificate, so loading it costs what it costs in production)
+        import certifi
+
+        bundle = os.path.join(tls_dir, "bundle.pem")
+        with open(certifi.where()) as public, open(bundle, "w") as out:
+            out.write(public.read())
+        os.environ["REQUESTS_CA_BUNDLE"] = bundle
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
     import django
 
@@ -54,11 +66,16 @@ def main() -> None:
     from apps.feishu.client import FeishuClient
 
     port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "tests.fakes.feishu", "--port", str(port)], stdout=subprocess.PIPE)
+    command = [sys.executable, "-m", "tests.fakes.feishu", "--port", str(port)] + (
+        ["--tls", tls_dir] if tls_dir else []
+    )
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     try:
-        server.stdout.readline()  # "fake Feishu listening on ..."
-        base_url = f"http://127.0.0.1:{port}"
-        client = FeishuClient(app_id="cli_bench", app_secret="bench-secret", base_url=base_url)
+        base_url = server.stdout.readline().rsplit(" ", 1)[-1].strip()  # "fake Feishu listening on URL"
+        if tls_dir:
+            with open(os.path.join(tls_dir, "cert.pem")) as cert, open(os.environ["REQUESTS_CA_BUNDLE"], "a") as out:
+                out.write(cert.read())
+        client = FeishuClient(app_id=f"cli_bench_{os.getpid()}", app_secret="bench-secret", base_url=base_url)
         content = '{"text":"hello from the benchmark"}'
 
         def lark_native(n: int) -> None:
@@ -70,7 +87,7 @@ def main() -> None:
         def ours(n: int) -> None:
             client.reply_message(message_id="om_bench", msg_type="text", content=content, uuid=f"ours-{n}")
 
-        print(f"{args.calls} text replies each, fake Feishu in a separate process")
+        print(f"{args.calls} text replies each, fake Feishu ({base_url}) in a separate process")
         _measure("lark-oapi native (new connection per call)", args.calls, lark_native)
         _measure("FeishuClient (pooled + cache + limiter + log)", args.calls, ours)
     finally:
