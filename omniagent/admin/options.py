@@ -158,6 +158,10 @@ class TenantScopedAdmin(_ScopingMixin, admin.ModelAdmin):
 
     def get_readonly_fields(self, request: HttpRequest, obj=None):
         readonly = list(super().get_readonly_fields(request, obj))
+        # Rows never move between tenants: their bindings, transcripts, ... would be left behind
+        # pointing across the boundary. A wrong tenant means delete and recreate.
+        if obj is not None and "tenant" not in readonly and any(f.name == "tenant" for f in self.opts.fields):
+            readonly.insert(0, "tenant")
         # Read-only admins list secrets by state; the model value itself must never reach a template.
         return [f"{f}_state" if f in self.secret_fields else f for f in readonly]
 

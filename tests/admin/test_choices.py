@@ -4,7 +4,7 @@ import pytest
 from django.urls import reverse
 
 from apps.bindings.models import Binding
-from tests.admin.conftest import select_options
+from tests.admin.conftest import form_data, select_options
 from tests.factories import AgentFactory, BindingFactory, BotFactory, MembershipFactory, TenantFactory
 
 pytestmark = pytest.mark.django_db
@@ -113,3 +113,17 @@ def test_it_refuses_a_tenant_the_user_does_not_belong_to(client, personas, rows)
         reverse("admin:bindings_binding_add"), _binding_post(personas.tenant_b, rows["bot_b"], rows["agent_b"])
     )
     assert response.status_code == 200 and not Binding.objects.exists()
+
+
+def test_it_never_moves_a_row_to_another_tenant(client, personas, rows):
+    # Owner of A and C: even between their own tenants a bot keeps its tenant (its bindings stay with it).
+    tenant_c = TenantFactory()
+    MembershipFactory(tenant=tenant_c, user=personas.owner_a, role="owner")
+    bot = rows["bot_a"]
+    client.force_login(personas.owner_a)
+    url = reverse("admin:bots_bot_change", args=[bot.pk])
+    page = client.get(url).content.decode()
+    assert '<select name="tenant"' not in page
+    assert client.post(url, form_data(page, tenant=tenant_c.pk, name="moved?")).status_code == 302
+    bot.refresh_from_db()
+    assert (bot.name, bot.tenant) == ("moved?", personas.tenant_a)
