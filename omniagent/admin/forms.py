@@ -18,14 +18,17 @@ def owning_tenant_id(obj) -> int | None:
 class TenantScopedModelForm(SecretFormMixin, forms.ModelForm):
     """Refuses a bot, agent, ... of one tenant on a row of another (possible for multi-tenant staff)."""
 
-    # Set by TenantInlineFormSet: rows edited inline belong to their parent's tenant.
-    parent_tenant_id: int | None = None
+    # Set by TenantInlineFormSet: rows edited inline belong to their parent's tenant. The parent is
+    # read at clean time because on an add page its tenant is only known once its own form is valid.
+    parent = None
 
     def _row_tenant_id(self, cleaned) -> int | None:
         tenant = cleaned.get("tenant")
         if isinstance(tenant, Tenant):
             return tenant.pk
-        return self.parent_tenant_id or getattr(self.instance, "tenant_id", None)
+        if self.parent is not None:
+            return owning_tenant_id(self.parent)
+        return getattr(self.instance, "tenant_id", None)
 
     def clean(self):
         cleaned = super().clean()
@@ -52,21 +55,15 @@ class TenantInlineFormSet(forms.BaseInlineFormSet):
         # Tenant FKs have related_name="+", which leaves Django without a prefix ("-1-0-user").
         return super().get_default_prefix() or f"{cls.model._meta.model_name}s"
 
-    def _parent_tenant_id(self) -> int | None:
-        return owning_tenant_id(self.instance)
-
     def _construct_form(self, i, **kwargs):
         form = super()._construct_form(i, **kwargs)
-        tenant_id = self._parent_tenant_id()
-        form.parent_tenant_id = tenant_id
-        if tenant_id is not None and hasattr(form.instance, "tenant_id") and form.instance.pk is None:
-            form.instance.tenant_id = tenant_id
+        form.parent = self.instance
         return form
 
     def save_new(self, form, commit=True):
         obj = super().save_new(form, commit=False)
-        if hasattr(obj, "tenant_id") and obj.tenant_id is None:
-            obj.tenant_id = self._parent_tenant_id()
+        if hasattr(obj, "tenant_id"):
+            obj.tenant_id = owning_tenant_id(self.instance)
         if commit:
             obj.save()
             form.save_m2m()

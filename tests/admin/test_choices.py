@@ -127,3 +127,29 @@ def test_it_never_moves_a_row_to_another_tenant(client, personas, rows):
     assert client.post(url, form_data(page, tenant=tenant_c.pk, name="moved?")).status_code == 302
     bot.refresh_from_db()
     assert (bot.name, bot.tenant) == ("moved?", personas.tenant_a)
+
+
+def test_it_refuses_an_inline_binding_to_an_agent_of_another_tenant(client, personas, rows):
+    # Owner of A and C adds a bot in A with a binding to C's agent on the same page.
+    tenant_c = TenantFactory()
+    MembershipFactory(tenant=tenant_c, user=personas.owner_a, role="owner")
+    agent_c = AgentFactory(tenant=tenant_c)
+    client.force_login(personas.owner_a)
+    url = reverse("admin:bots_bot_add")
+    data = form_data(
+        client.get(url).content.decode(),
+        tenant=personas.tenant_a.pk,
+        app_id="cli_inline",
+        app_secret="s3cret",
+        base_url="https://open.feishu.cn",
+    )
+    data.update({"bindings-TOTAL_FORMS": "1", "bindings-0-agent": agent_c.pk, "bindings-0-chat_type": "any"})
+    data["bindings-0-priority"] = "0"
+    response = client.post(url, data)
+    assert response.status_code == 200 and "belongs to another tenant" in response.content.decode()
+    assert not Binding.objects.exists()
+
+    data["bindings-0-agent"] = rows["agent_a"].pk
+    assert client.post(url, data).status_code == 302
+    binding = Binding.objects.get()
+    assert (binding.tenant, binding.bot.app_id, binding.agent) == (personas.tenant_a, "cli_inline", rows["agent_a"])
