@@ -15,7 +15,10 @@ from typing import Any
 
 import structlog
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import DEFAULT_DB_ALIAS, IntegrityError, connections, transaction
+from django.db.models import sql
+from django.db.models.constants import OnConflict
+from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from apps.bindings.selectors import binding_resolve
@@ -34,6 +37,11 @@ CARD_ACTION = "card.action.trigger"
 # Bot.last_event_at is informational (admin): write it at most this often per bot and process.
 LAST_EVENT_WRITE_EVERY = 5.0
 _last_event_written: dict[int, float] = {}
+
+# Routing changes rarely and resolving it is the most expensive read on the hot path (an annotated
+# query): remember each chat's answer briefly per process. Admin edits take effect within this delay.
+BINDING_CACHE_SECONDS = 5.0
+_binding_cache: dict[tuple, tuple[float, tuple[int, bool] | None]] = {}
 
 FEEDBACK_THANKS = "感谢反馈"
 FEEDBACK_MISSING = "未找到这条回答"
@@ -163,33 +171,54 @@ def _record_duplicate_message(*, bot: Bot, header: dict, payload: dict, source: 
     return True
 
 
+def _route(*, bot: Bot, chat_type: str, chat_id: str, user_open_id: str) -> tuple[int, bool] | None:
+    """(agent_id, require_mention) of the binding for this chat, or None; cached briefly (see above)."""
+    key = (bot.pk, chat_type, chat_id, user_open_id)
+    now = time.monotonic()
+    hit = _binding_cache.get(key)
+    if hit is not None and hit[0] > now:
+        return hit[1]
+    binding = binding_resolve(bot=bot, chat_type=chat_type, chat_id=chat_id, user_open_id=user_open_id)
+    route = (binding.agent_id, binding.require_mention) if binding is not None else None
+    if BINDING_CACHE_SECONDS > 0:
+        if len(_binding_cache) > 50_000:
+            _binding_cache.clear()
+        _binding_cache[key] = (now + BINDING_CACHE_SECONDS, route)
+    return route
+
+
 def _classify_message(*, bot: Bot, header: dict, msg: InboundMessage):
-    """(event status, reason code, binding) for a received message."""
+    """(event status, reason code, agent id to answer with) for a received message."""
     if _is_stale(header):
         return InboundEvent.Status.STALE, "stale", None
     if msg.sender_type and msg.sender_type != "user":
         return InboundEvent.Status.IGNORED, "sender_is_bot", None
     if bot.bot_open_id and msg.sender_open_id == bot.bot_open_id:
         return InboundEvent.Status.IGNORED, "sender_is_self", None
-    binding = binding_resolve(
-        bot=bot, chat_type=msg.chat_type, chat_id=msg.chat_id, user_open_id=msg.sender_open_id
-    )
-    if binding is None:
+    route = _route(bot=bot, chat_type=msg.chat_type, chat_id=msg.chat_id, user_open_id=msg.sender_open_id)
+    if route is None:
         return InboundEvent.Status.IGNORED, "no_binding", None
-    if msg.chat_type == "group" and binding.require_mention and not msg.bot_mentioned:
-        return InboundEvent.Status.IGNORED, "not_mentioned", binding
-    return InboundEvent.Status.ACCEPTED, "", binding
+    agent_id, require_mention = route
+    if msg.chat_type == "group" and require_mention and not msg.bot_mentioned:
+        return InboundEvent.Status.IGNORED, "not_mentioned", None
+    return InboundEvent.Status.ACCEPTED, "", agent_id
 
 
-def _conversation_upsert(*, bot: Bot, msg: InboundMessage, agent_id: int | None, now) -> int:
-    """Get-or-create the conversation and bump last_activity_at in one statement (row-locks it, which
-    also orders this insert against the turn runner's release of the conversation)."""
+def _rows(*, bot: Bot, header: dict, payload: dict, source: str, trace_id: str, msg: InboundMessage, status: str,
+          reason: str, agent_id: int | None, now) -> tuple[InboundEvent, Conversation, Message]:
+    """The three rows one received message produces (unsaved)."""
+    answer = status == InboundEvent.Status.ACCEPTED
+    event = InboundEvent(
+        tenant_id=bot.tenant_id, bot=bot, event_id=header["event_id"], event_type=header["event_type"][:100],
+        source=source, payload=_stored_payload(payload), status=status, status_reason=reason[:300],
+        trace_id=trace_id, created_at=now, updated_at=now,
+    )  # fmt: skip
     conversation = Conversation(
         tenant_id=bot.tenant_id,
         origin=Origin.FEISHU,
         key=conversation_key(bot_id=bot.pk, chat_type=msg.chat_type, chat_id=msg.chat_id, thread_id=msg.thread_id),
         bot=bot,
-        agent_id=agent_id,
+        agent_id=agent_id if answer else None,
         chat_id=msg.chat_id,
         chat_type=msg.chat_type,
         thread_id=msg.thread_id if msg.chat_type != "p2p" else "",
@@ -198,13 +227,92 @@ def _conversation_upsert(*, bot: Bot, msg: InboundMessage, agent_id: int | None,
         created_at=now,
         updated_at=now,
     )
-    update_fields = ["last_activity_at", "updated_at"]
-    if agent_id is not None:
-        update_fields.append("agent")  # the current binding decides who answers
-    Conversation.objects.bulk_create(
-        [conversation], update_conflicts=True, unique_fields=["key"], update_fields=update_fields
+    message = Message(
+        tenant_id=bot.tenant_id,
+        role=Message.Role.USER,
+        status=Message.Status.PENDING if answer else Message.Status.IGNORED,
+        content=msg.text,
+        attachments=msg.attachments,
+        mentions=msg.mentions,
+        sender_open_id=msg.sender_open_id,
+        bot=bot,
+        external_id=msg.message_id,
+        trace_id=trace_id,
+        error_code=reason,
+        created_at=now,
+        updated_at=now,
     )
-    return conversation.pk
+    return event, conversation, message
+
+
+def _conversation_update_fields(conversation: Conversation) -> list[str]:
+    # An existing conversation gets its activity bumped (a row lock, which also orders this insert
+    # against the turn runner's release of the conversation); the current binding decides who answers.
+    fields = ["last_activity_at", "updated_at"]
+    if conversation.agent_id is not None:
+        fields.append("agent")
+    return fields
+
+
+def _write_orm(event: InboundEvent, conversation: Conversation, message: Message) -> tuple[int, int]:
+    """Portable path (SQLite in the embedded default): one transaction, three statements."""
+    with transaction.atomic():
+        event.save(force_insert=True)
+        Conversation.objects.bulk_create(
+            [conversation], update_conflicts=True, unique_fields=["key"],
+            update_fields=_conversation_update_fields(conversation),
+        )  # fmt: skip
+        message.conversation_id = conversation.pk
+        message.save(force_insert=True)
+    return event.pk, conversation.pk
+
+
+def _insert_sql(obj, *, update_fields: list[str] | None = None, unique_fields: list[str] | None = None):
+    """Django's own INSERT ... RETURNING id for `obj` (defaults, pre_save, field preparation included)."""
+    meta = obj._meta
+    fields = [f for f in meta.local_concrete_fields if not f.generated and f is not meta.auto_field]
+    query = sql.InsertQuery(
+        type(obj),
+        on_conflict=OnConflict.UPDATE if update_fields else None,
+        update_fields=[meta.get_field(name) for name in update_fields or []],
+        unique_fields=[meta.get_field(name) for name in unique_fields or []],
+    )
+    query.insert_values(fields, [obj])
+    compiler = query.get_compiler(using=DEFAULT_DB_ALIAS)
+    compiler.returning_fields = [meta.pk]
+    [(statement, params)] = compiler.as_sql()
+    return statement, params
+
+
+def _write_pg(event: InboundEvent, conversation: Conversation, message: Message) -> tuple[int, int]:
+    """PostgreSQL: the same three writes as one statement (data-modifying CTEs), so one round trip and
+    atomic without BEGIN/COMMIT. A duplicate event or message fails the whole statement."""
+    message.conversation_id = RawSQL('(SELECT "id" FROM conv)', ())
+    ev_sql, ev_params = _insert_sql(event)
+    conv_sql, conv_params = _insert_sql(
+        conversation, update_fields=_conversation_update_fields(conversation), unique_fields=["key"]
+    )
+    msg_sql, msg_params = _insert_sql(message)
+    # Only Django-compiled INSERTs are interpolated; every value is a bound parameter.
+    ctes = f"WITH ev AS ({ev_sql}), conv AS ({conv_sql}), msg AS ({msg_sql}) "
+    statement = ctes + 'SELECT (SELECT "id" FROM ev), (SELECT "id" FROM conv), (SELECT "id" FROM msg)'  # noqa: S608
+    params = (*ev_params, *conv_params, *msg_params)
+    conn = connections[DEFAULT_DB_ALIAS]
+    if conn.in_atomic_block:
+        with transaction.atomic(), conn.cursor() as cursor:  # savepoint: keep the caller's transaction usable
+            cursor.execute(statement, params)
+            row = cursor.fetchone()
+    else:
+        with conn.cursor() as cursor:
+            cursor.execute(statement, params)
+            row = cursor.fetchone()
+    event.pk, conversation.pk, message.pk = row
+    message.conversation_id = conversation.pk
+    return event.pk, conversation.pk
+
+
+# Set to False to force the portable path (tests exercise both).
+SINGLE_STATEMENT = True
 
 
 def _message_ingest(*, bot: Bot, header: dict, payload: dict, source: str, trace_id: str) -> IngestResult:
@@ -214,42 +322,22 @@ def _message_ingest(*, bot: Bot, header: dict, payload: dict, source: str, trace
     msg = message_normalize(event=event, bot_open_id=bot.bot_open_id)
     if not msg.message_id or not msg.chat_id:
         raise InvalidEvent("event.message.message_id / chat_id missing")
-    status, reason, binding = _classify_message(bot=bot, header=header, msg=msg)
-    answer = status == InboundEvent.Status.ACCEPTED
-    now = timezone.now()
+    status, reason, agent_id = _classify_message(bot=bot, header=header, msg=msg)
+    rows = _rows(
+        bot=bot, header=header, payload=payload, source=source, trace_id=trace_id, msg=msg, status=status,
+        reason=reason, agent_id=agent_id, now=timezone.now(),
+    )  # fmt: skip
+    fast = SINGLE_STATEMENT and connections[DEFAULT_DB_ALIAS].vendor == "postgresql"
     try:
-        with transaction.atomic():
-            event_row = _event_row(
-                bot=bot, header=header, payload=payload, source=source, status=status, reason=reason,
-                trace_id=trace_id,
-            )
-            conversation_id = _conversation_upsert(
-                bot=bot, msg=msg, agent_id=binding.agent_id if answer else None, now=now
-            )
-            Message.objects.create(
-                tenant_id=bot.tenant_id,
-                conversation_id=conversation_id,
-                role=Message.Role.USER,
-                status=Message.Status.PENDING if answer else Message.Status.IGNORED,
-                content=msg.text,
-                attachments=msg.attachments,
-                mentions=msg.mentions,
-                sender_open_id=msg.sender_open_id,
-                bot=bot,
-                external_id=msg.message_id,
-                trace_id=trace_id,
-                error_code=reason,
-                created_at=now,
-                updated_at=now,
-            )
-            if answer:
-                turn_enqueue(conversation_id=conversation_id)
+        event_id, conversation_id = (_write_pg if fast else _write_orm)(*rows)
     except IntegrityError:
         if _record_duplicate_message(bot=bot, header=header, payload=payload, source=source, trace_id=trace_id):
             return IngestResult(outcome="duplicate", reason="message already received")
         return IngestResult(outcome="duplicate", reason="event already received")
+    if status == InboundEvent.Status.ACCEPTED:
+        turn_enqueue(conversation_id=conversation_id)  # committed already (or on the caller's commit)
     outcome = {InboundEvent.Status.ACCEPTED: "accepted", InboundEvent.Status.STALE: "stale"}.get(status, "ignored")
-    return IngestResult(outcome=outcome, inbound_event_id=event_row.pk, reason=reason)
+    return IngestResult(outcome=outcome, inbound_event_id=event_id, reason=reason)
 
 
 def _bot_added_ingest(*, bot: Bot, header: dict, payload: dict, source: str, trace_id: str) -> IngestResult:

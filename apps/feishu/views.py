@@ -82,12 +82,32 @@ def feishu_webhook(request: HttpRequest, app_id: str) -> JsonResponse:
         return _reject(503, str(exc), app_id=app_id)
 
 
-def _handle(request: HttpRequest, app_id: str, body: bytes) -> JsonResponse:
+# Each webhook needs its bot's keys; loading them is a query plus decryption of two secrets. Keep
+# the row per process briefly (deactivating a bot or rotating its keys takes effect within this delay).
+BOT_CACHE_SECONDS = 5.0
+_bots: dict[str, tuple[float, Bot]] = {}
+
+
+def _bot_for(app_id: str) -> Bot | None:
+    now = time.monotonic()
+    hit = _bots.get(app_id)
+    if hit is not None and hit[0] > now:
+        return hit[1]
     bot = (
         Bot.objects.filter(app_id=app_id, is_active=True, tenant__is_active=True)
-        .only("id", "tenant_id", "app_id", "verification_token", "encrypt_key", "bot_open_id", "base_url")
+        .only("id", "tenant_id", "app_id", "app_secret", "verification_token", "encrypt_key", "bot_open_id",
+              "base_url", "name")
         .first()
     )
+    if bot is None:  # unknown ids are not remembered: a flood of them cannot grow this dict
+        _bots.pop(app_id, None)
+    elif BOT_CACHE_SECONDS > 0:
+        _bots[app_id] = (now + BOT_CACHE_SECONDS, bot)
+    return bot
+
+
+def _handle(request: HttpRequest, app_id: str, body: bytes) -> JsonResponse:
+    bot = _bot_for(app_id)
     if bot is None:
         return _reject(404, "unknown app_id", app_id=app_id)
 

@@ -11,6 +11,7 @@ from django.test import Client
 from lark_oapi.core.utils.decryptor import AESCipher
 
 from apps.bindings.models import Binding
+from apps.feishu import ingest
 from apps.feishu.events import event_encrypt, event_sign
 from apps.transcripts.models import Conversation, InboundEvent, Message
 from tests.factories import AgentFactory, BindingFactory, BotFactory, ConversationFactory, MessageFactory
@@ -36,6 +37,13 @@ def bot(db):
 @pytest.fixture
 def binding(bot):
     return BindingFactory(bot=bot, chat_type=Binding.ChatType.ANY, require_mention=True)
+
+
+@pytest.fixture(params=["single_statement", "orm"])
+def write_path(request, monkeypatch):
+    """Both ways of writing a message: one PostgreSQL statement, and the portable ORM transaction."""
+    monkeypatch.setattr(ingest, "SINGLE_STATEMENT", request.param == "single_statement")
+    return request.param
 
 
 @pytest.fixture
@@ -94,7 +102,7 @@ def test_it_accepts_the_example_from_feishu_docs(client, db):
 
 
 def test_it_accepts_an_encrypted_signed_message_and_enqueues_one_turn(
-    client, bot, binding, queued, django_capture_on_commit_callbacks
+    client, bot, binding, queued, write_path, django_capture_on_commit_callbacks
 ):
     payload = message_event(app_id=bot.app_id, text="查一下上周的案件", chat_id="oc_p2p_42")
     response = deliver(client, bot, payload, django_capture_on_commit_callbacks)
@@ -144,7 +152,7 @@ def test_it_refuses_get(client, bot):
 
 
 def test_it_answers_a_redelivered_event_200_and_does_nothing_else(
-    client, bot, binding, queued, django_capture_on_commit_callbacks
+    client, bot, binding, queued, write_path, django_capture_on_commit_callbacks
 ):
     payload = message_event(app_id=bot.app_id)
     answers = [deliver(client, bot, payload, django_capture_on_commit_callbacks) for _ in range(3)]
@@ -156,7 +164,7 @@ def test_it_answers_a_redelivered_event_200_and_does_nothing_else(
 
 
 def test_it_treats_the_same_message_under_another_event_id_as_a_duplicate(
-    client, bot, binding, queued, django_capture_on_commit_callbacks
+    client, bot, binding, queued, write_path, django_capture_on_commit_callbacks
 ):
     first = message_event(app_id=bot.app_id, message_id="om_same")
     again = message_event(app_id=bot.app_id, message_id="om_same")
@@ -298,7 +306,7 @@ def test_it_ignores_a_group_message_without_mention_on_a_require_mention_binding
 
 
 def test_it_answers_a_group_message_that_mentions_the_bot_with_the_placeholder_stripped(
-    client, bot, binding, queued, django_capture_on_commit_callbacks
+    client, bot, binding, queued, write_path, django_capture_on_commit_callbacks
 ):
     payload = message_event(
         app_id=bot.app_id, chat_type="group", chat_id="oc_group", text="@_user_1 帮我查 @_user_2 的案件",
@@ -363,7 +371,7 @@ def test_it_records_but_does_not_answer_an_event_older_than_the_max_age(
 
 
 def test_it_keys_group_threads_separately_and_p2p_per_chat(
-    client, bot, queued, django_capture_on_commit_callbacks
+    client, bot, queued, write_path, django_capture_on_commit_callbacks
 ):
     BindingFactory(bot=bot, require_mention=False)
     for kwargs in (
