@@ -8,6 +8,7 @@ the user why. The turn's events come from the web responder through the conversa
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import structlog
@@ -29,6 +30,7 @@ from .events import (
     conversation_group,
     layer_message,
 )
+from .publisher import publisher
 from .selectors import (
     agent_info,
     session_number,
@@ -65,6 +67,8 @@ class WebChatConsumer(AsyncJsonWebsocketConsumer):
             return
         self.user = user
         self.agent, self.conversation, ready = opened
+        # Turns run in this process (embedded default) publish from this loop: see publisher.py.
+        publisher.attach(asyncio.get_running_loop())
         await self._join(self.conversation.pk)
         await self.accept()
         await self.send_json(ready)
@@ -72,6 +76,7 @@ class WebChatConsumer(AsyncJsonWebsocketConsumer):
     async def disconnect(self, code: int) -> None:
         if self.group:
             await self.channel_layer.group_discard(self.group, self.channel_name)
+            publisher.detach(asyncio.get_running_loop())
 
     async def _refuse(self, code: int) -> None:
         # Accept first so the browser receives the close code (a close before accept is an HTTP 403

@@ -1,10 +1,11 @@
 """Web chat responder: publishes a turn's events to the conversation's Channels group.
 
-Runs in the worker thread of the turn (sync), so it publishes with async_to_sync(group_send).
-Text is sent as deltas (what was added since the last publish); updates closer together than
-MIN_INTERVAL are coalesced (on_text_delta gets the whole text so far, so nothing is lost), and the
-final event carries the complete answer. Delivery problems are logged, never raised: the transcript
-is the source of truth and the page reloads it on reconnect.
+Runs in the worker thread of the turn (sync); events go out in order through
+apps.webchat.publisher (one event loop per process, not a new loop per token). Text is sent as
+deltas (what was added since the last publish); updates closer together than MIN_INTERVAL are
+coalesced (on_text_delta gets the whole text so far, so nothing is lost), and the final event
+carries the complete answer. Delivery problems are logged, never raised: the transcript is the
+source of truth and the page reloads it on reconnect.
 """
 
 from __future__ import annotations
@@ -13,8 +14,6 @@ import time
 from typing import Any
 
 import structlog
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 
 from apps.runtime.responders.base import Responder, register_responder
 from apps.transcripts.models import Origin
@@ -32,6 +31,7 @@ from apps.webchat.events import (
     conversation_group,
     layer_message,
 )
+from apps.webchat.publisher import publisher
 
 logger = structlog.get_logger(__name__)
 
@@ -48,13 +48,12 @@ class WebResponder(Responder):
         self._sent = ""
         self._latest = ""
         self._last_publish = 0.0
-        self._layer = get_channel_layer()
 
-    def _publish(self, event: ServerEvent) -> None:
-        if self._layer is None:
-            return
+    def _publish(self, event: ServerEvent, *, last: bool = False) -> None:
+        # The last event waits until everything before it went out, so nothing is lost if the
+        # worker stops right after the turn.
         try:
-            async_to_sync(self._layer.group_send)(self.group, layer_message(event))
+            publisher.publish(self.group, layer_message(event), flush=last)
         except Exception as exc:
             logger.warning("webchat.publish_failed", group=self.group, event=event["type"], error=repr(exc))
 
@@ -88,12 +87,12 @@ class WebResponder(Responder):
         self._publish(Final(type="final", turn_id=self.turn_id, text=text, message_id=self.ctx.assistant_message_id))
 
     def on_notice(self, text: str) -> None:
-        self._publish(Notice(type="notice", turn_id=self.turn_id, text=text))
+        self._publish(Notice(type="notice", turn_id=self.turn_id, text=text), last=True)
 
     def on_error(self, code: str, user_message: str) -> None:
         self._flush_text()
-        self._publish(Error(type="error", turn_id=self.turn_id, code=code, message=user_message))
+        self._publish(Error(type="error", turn_id=self.turn_id, code=code, message=user_message), last=True)
 
     def on_cancelled(self) -> None:
         self._flush_text()
-        self._publish(Cancelled(type="cancelled", turn_id=self.turn_id))
+        self._publish(Cancelled(type="cancelled", turn_id=self.turn_id), last=True)

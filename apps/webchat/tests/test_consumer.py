@@ -157,6 +157,7 @@ async def test_it_closes_when_membership_is_revoked_mid_session(personas, agent_
     await communicator.send_json_to({"type": "message", "text": "still there?"})
     output = await communicator.receive_output(timeout=3)
     assert output == {"type": "websocket.close", "code": 4403}
+    await communicator.disconnect()
     assert not await Message.objects.filter(conversation__agent=agent_a).aexists()
 
 

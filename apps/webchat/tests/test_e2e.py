@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from asgiref.sync import sync_to_async
 
+from apps.runtime.responders import load_responders
 from apps.transcripts.models import Message, Turn
 from tests.factories import AgentFactory
 from tests.fakes.llm import Reply, ToolCall
@@ -20,6 +21,7 @@ TERMINAL = {"final", "error", "cancelled", "notice"}
 
 @pytest.fixture
 def agent(personas, fake_llm):  # noqa: F811
+    load_responders()  # import every channel's responder now, not inside the first timed turn
     return AgentFactory(
         tenant=personas.tenant_a, name="Helper", base_url=fake_llm.base_url, model="fake-model", tools=["time.now"]
     )
@@ -34,7 +36,7 @@ async def open_chat(user, agent):
     return communicator, ready
 
 
-async def events_until_end(communicator, timeout: float = 15) -> list[dict]:
+async def events_until_end(communicator, timeout: float = 30) -> list[dict]:
     events = []
     while True:
         event = await communicator.receive_json_from(timeout=timeout)
