@@ -8,7 +8,6 @@ and Celery broker; SECRET_KEY and OMNIAGENT_ENCRYPTION_KEYS are then required.
 
 from __future__ import annotations
 
-import sys
 import warnings
 from pathlib import Path
 
@@ -53,9 +52,13 @@ if REAL_MODE:
     SECRET_KEY = env_required("SECRET_KEY", "real mode (DATABASE_URL set) needs a stable secret key")
     OMNIAGENT_ENCRYPTION_KEYS = env_list("OMNIAGENT_ENCRYPTION_KEYS")
     if not OMNIAGENT_ENCRYPTION_KEYS:
-        raise EnvError("OMNIAGENT_ENCRYPTION_KEYS must be set in real mode (DATABASE_URL set): 32-byte urlsafe base64 keys")
+        raise EnvError(
+            "OMNIAGENT_ENCRYPTION_KEYS must be set in real mode (DATABASE_URL set): 32-byte urlsafe base64 keys"
+        )
 else:
-    SECRET_KEY = env_str("SECRET_KEY") or _local_secret("secret_key", lambda: generate_key() + generate_key(), "SECRET_KEY")
+    SECRET_KEY = env_str("SECRET_KEY") or _local_secret(
+        "secret_key", lambda: generate_key() + generate_key(), "SECRET_KEY"
+    )
     OMNIAGENT_ENCRYPTION_KEYS = env_list("OMNIAGENT_ENCRYPTION_KEYS") or [
         _local_secret("encryption_key", generate_key, "OMNIAGENT_ENCRYPTION_KEYS")
     ]
@@ -184,6 +187,8 @@ AUTH_PASSWORD_VALIDATORS = [
 STATIC_URL = "static/"
 STATIC_ROOT = DATA_DIR / "static"
 STATICFILES_DIRS = [BASE_DIR / "static"]
+# The app serves /static/ itself on the embedded default (no proxy there); behind nginx, leave it off.
+SERVE_STATIC = env_bool("OMNIAGENT_SERVE_STATIC", default=EMBEDDED)
 LOGIN_URL = "admin:login"
 
 REST_FRAMEWORK = {

@@ -156,10 +156,6 @@ def test_it_keeps_its_data_and_secrets_in_the_data_folder(app):
     assert (app.data_dir / "demo_admin_password").stat().st_mode & 0o077 == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs settings.SERVE_STATIC + ASGIStaticFilesHandler in omniagent/asgi.py; drop this marker then",
-)
 def test_it_serves_the_admin_stylesheet(app):
     response = httpx.get(f"{app.base_url}/static/admin/css/base.css", timeout=10)
     assert response.status_code == 200 and "text/css" in response.headers["content-type"]

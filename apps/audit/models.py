@@ -14,7 +14,9 @@ class AuditLog(models.Model):
         ACTION = "action"
 
     tenant = models.ForeignKey("tenants.Tenant", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
-    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     actor_label = models.CharField(max_length=150, help_text="user name, api key or 'provision'")
     action = models.CharField(max_length=16, choices=Action.choices)
     object_type = models.CharField(max_length=100)

@@ -63,7 +63,9 @@ class Message(TenantOwnedModel):
         DOWN = "down", "👎"
 
     conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="messages")
-    turn = models.ForeignKey("transcripts.Turn", null=True, blank=True, on_delete=models.SET_NULL, related_name="messages")
+    turn = models.ForeignKey(
+        "transcripts.Turn", null=True, blank=True, on_delete=models.SET_NULL, related_name="messages"
+    )
     role = models.CharField(max_length=16, choices=Role.choices)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.DONE)
     content = models.TextField(blank=True)
