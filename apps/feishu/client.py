@@ -30,6 +30,7 @@ from typing import Any
 import lark_oapi as lark
 import requests
 import structlog
+import urllib3
 from django.conf import settings
 from django.core.cache import cache
 from lark_oapi.api.bitable.v1 import SearchAppTableRecordRequest, SearchAppTableRecordRequestBody
@@ -533,8 +534,9 @@ class FeishuClient:
             except requests.Timeout as exc:
                 maybe_applied = maybe_applied or not isinstance(exc, requests.ConnectTimeout)
                 error = FeishuError(NETWORK_ERROR, f"timeout: {exc.__class__.__name__}", retryable=True)
-            except requests.ConnectionError as exc:
-                error = FeishuError(NETWORK_ERROR, f"connection failed: {exc.__class__.__name__}", retryable=True)
+            except requests.RequestException as exc:  # refused, reset, dropped mid-answer, ...
+                maybe_applied = maybe_applied or not _never_sent(exc)
+                error = FeishuError(NETWORK_ERROR, f"connection failed: {_describe(exc)}", retryable=True)
             except ValueError as exc:  # the token endpoint answered something that is not JSON
                 error = FeishuError(BAD_RESPONSE, f"tenant token: unreadable answer ({exc})", retryable=True)
             else:
@@ -645,6 +647,28 @@ class FeishuClient:
 
 # token endpoint codes that will not get better by retrying (bad app id / secret)
 _TOKEN_PERMANENT = frozenset({10003, 10014, BAD_RESPONSE})
+
+
+def _never_sent(exc: BaseException) -> bool:
+    """True when the request certainly never reached Feishu (no connection was established)."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # requests wraps urllib3's MaxRetryError, which wraps the cause
+        if seen is None:
+            break
+        if isinstance(seen, urllib3.exceptions.NewConnectionError):  # includes NameResolutionError
+            return True
+        if isinstance(seen, urllib3.exceptions.MaxRetryError):
+            seen = seen.reason
+        elif seen.args and isinstance(seen.args[0], BaseException):
+            seen = seen.args[0]
+        else:
+            seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{exc.__class__.__name__}: {text[:160]}" if text else exc.__class__.__name__
 
 
 def _form_fields(fields: dict) -> dict:

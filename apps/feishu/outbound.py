@@ -121,15 +121,11 @@ def _deliver(outbound: OutboundMessage, *, bot) -> OutboundMessage:
                 uuid=outbound.uuid,
             )
     except FeishuError as exc:
-        outbound.status = OutboundMessage.Status.FAILED
-        outbound.last_error = str(exc)[:500]
-        outbound.save(update_fields=["status", "last_error", "updated_at"])
+        _record_failure(outbound, str(exc))
         log.error("feishu.outbound.failed", code=exc.code, log_id=exc.log_id, retryable=exc.retryable)
         return outbound
     except Exception as exc:  # a bug or an unreadable answer: still visible in the admin, then surfaced
-        outbound.status = OutboundMessage.Status.FAILED
-        outbound.last_error = f"{exc.__class__.__name__}: {exc}"[:500]
-        outbound.save(update_fields=["status", "last_error", "updated_at"])
+        _record_failure(outbound, f"{exc.__class__.__name__}: {exc}")
         log.exception("feishu.outbound.crashed")
         raise
     outbound.status = OutboundMessage.Status.SENT
@@ -139,3 +135,17 @@ def _deliver(outbound: OutboundMessage, *, bot) -> OutboundMessage:
     outbound.save(update_fields=["status", "feishu_message_id", "sent_at", "last_error", "updated_at"])
     log.info("feishu.outbound.sent", feishu_message_id=message_id, attempts=outbound.attempts)
     return outbound
+
+
+def _record_failure(outbound: OutboundMessage, error: str) -> None:
+    """Mark the row failed, unless a concurrent attempt with the same uuid has meanwhile delivered it."""
+    error = error[:500]
+    changed = (
+        OutboundMessage.objects.filter(pk=outbound.pk)
+        .exclude(status=OutboundMessage.Status.SENT)
+        .update(status=OutboundMessage.Status.FAILED, last_error=error, updated_at=timezone.now())
+    )
+    if changed:
+        outbound.status, outbound.last_error = OutboundMessage.Status.FAILED, error
+    else:
+        outbound.refresh_from_db()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -141,6 +142,20 @@ def test_a_timed_out_send_is_retried_and_feishu_keeps_one_message(client, fake_f
     assert len(attempts) == 2
     assert [r.deduplicated for r in attempts] == [False, True]
     assert [m["message_id"] for m in fake_feishu.messages] == [message_id]
+
+
+def test_an_unreachable_feishu_is_retried_then_reported(feishu_bot, settings):
+    settings.FEISHU_MAX_RETRIES = 1
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    client = FeishuClient(app_id=feishu_bot.app_id, app_secret="x", base_url=f"http://127.0.0.1:{port}")
+
+    with pytest.raises(FeishuError) as failure:
+        reply(client)
+
+    assert (failure.value.code, failure.value.http_status, failure.value.retryable) == (-1, 0, True)
+    assert "connection failed" in failure.value.msg
 
 
 def test_the_same_uuid_sent_twice_is_one_message(client, fake_feishu):
