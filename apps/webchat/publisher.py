@@ -14,6 +14,7 @@ background loop owned by this module (a Celery worker).
 from __future__ import annotations
 
 import asyncio
+import atexit
 import os
 import threading
 from typing import Any
@@ -63,6 +64,20 @@ class _Sender:
 
     def put(self, item: tuple[str, dict[str, Any], threading.Event | None] | None) -> None:
         self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+
+    def close(self) -> None:
+        """Send what is queued, then stop the loop (our own loop, at process exit)."""
+        if not self.alive:
+            return
+        finished = threading.Event()
+
+        def watch() -> None:
+            self.task.add_done_callback(lambda _: finished.set())
+
+        self.put(None)
+        self.loop.call_soon_threadsafe(watch)
+        finished.wait(FLUSH_TIMEOUT)
+        self.loop.call_soon_threadsafe(self.loop.stop)
 
     @property
     def alive(self) -> bool:
@@ -121,6 +136,7 @@ class Publisher:
                 thread = threading.Thread(target=loop.run_forever, name="webchat-publisher", daemon=True)
                 thread.start()
                 self._own = _Sender(loop)
+                atexit.register(self._own.close)
             return self._own
 
     def _fork_check(self) -> None:
