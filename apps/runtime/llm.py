@@ -37,13 +37,17 @@ _clients_lock = threading.Lock()
 
 def llm_client(*, base_url: str, api_key: str) -> openai.OpenAI:
     key = (base_url, api_key)
-    with _clients_lock:
-        client = _clients.get(key)
-        if client is None:
-            # Some self-hosted endpoints take no key; the SDK insists on a non-empty one.
-            client = openai.OpenAI(base_url=base_url, api_key=api_key or "none", max_retries=0)
-            _clients[key] = client
-        return client
+    client = _clients.get(key)
+    if client is None:
+        # Built outside the lock: the first construction is slow (imports, TLS context) and threads
+        # waiting on a lock here would sit on their DB connections in older code paths.
+        # Some self-hosted endpoints take no key; the SDK insists on a non-empty one.
+        fresh = openai.OpenAI(base_url=base_url, api_key=api_key or "none", max_retries=0)
+        with _clients_lock:
+            client = _clients.setdefault(key, fresh)
+        if client is not fresh:
+            fresh.close()
+    return client
 
 
 @dataclass
@@ -276,3 +280,10 @@ def parse_arguments(arguments: str) -> dict[str, Any]:
     except ValueError:
         return {}
     return value if isinstance(value, dict) else {}
+
+
+def llm_warm_up() -> None:
+    """Import the SDK's lazy modules once (worker start-up) so the first turns do not pay for it."""
+    client = openai.OpenAI(base_url="http://127.0.0.1:9/v1", api_key="warm-up", max_retries=0)
+    _ = client.chat.completions, client.models
+    client.close()

@@ -169,13 +169,14 @@ def turn_run(*, message: Message, active: ActiveTurn, trace_id: str) -> Turn:
                 bot_id=conversation.bot_id,
             )
             ctx.assistant_message_id = assistant.pk
+        db_release()
         responder = GuardedResponder(responder_for(ctx))
         responder.on_start()
         if active.cancelled.is_set():
             raise TurnCancelled()
         with clock.stage("build"):
-            state.llm = LLMSession(agent=agent, active=active, trace_id=trace_id)
             tools = tools_for_agent(agent)
+            state.llm = LLMSession(agent=agent, active=active, trace_id=trace_id)  # no DB connection held
             chat = turn_build(
                 conversation=conversation,
                 turn=turn,

@@ -5,6 +5,7 @@ hundreds in flight (``celery -A omniagent worker -P threads -c 200``) while shar
 """
 
 from celery import shared_task
+from celery.signals import worker_ready
 from django.db import close_old_connections
 
 from apps.runtime.services import conversation_process, conversations_sweep
@@ -26,3 +27,11 @@ def conversations_sweep_task() -> None:
         conversations_sweep()
     finally:
         close_old_connections()
+
+
+@worker_ready.connect
+def _warm_llm_client(**_: object) -> None:
+    # The first OpenAI client pays for lazy imports and a TLS context; pay it before turns arrive.
+    from apps.runtime.llm import llm_warm_up
+
+    llm_warm_up()

@@ -145,6 +145,7 @@ class FakeLLM:
         self.port: int = 0
         self.in_flight = 0
         self.max_in_flight = 0
+        self._generation = 0
 
     # -- scripting ---------------------------------------------------------------------------
     def script(self, *replies: Reply, model: str | None = None, repeat: bool = False) -> None:
@@ -161,6 +162,9 @@ class FakeLLM:
             self._repeat.clear()
             self.requests.clear()
             self.default = None
+            # Handlers of earlier tests may still hang; they no longer count as in flight.
+            self._generation += 1
+            self.in_flight = 0
             self.max_in_flight = 0
 
     def _next_reply(self, model: str, body: dict[str, Any]) -> Reply:
@@ -251,12 +255,14 @@ class FakeLLM:
             RecordedRequest(request.path, model, body, {k.lower(): v for k, v in request.headers.items()}, time.time())
         )
         reply = self._next_reply(model, body)
+        generation = self._generation
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
             return await self._answer(request, body, model, reply)
         finally:
-            self.in_flight -= 1
+            if generation == self._generation:
+                self.in_flight -= 1
 
     async def _answer(self, request: web.Request, body: dict, model: str, reply: Reply) -> web.StreamResponse:
         if reply.status:
