@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from django.contrib import admin
 from django.contrib.auth import get_user_model
+from django.core.exceptions import ImproperlyConfigured
 from django.db import router, transaction
 from django.db.models import Model, QuerySet, URLField
 from django.http import Http404, HttpRequest
@@ -86,6 +87,14 @@ class TenantScopedAdmin(_ScopingMixin, admin.ModelAdmin):
         # "<secret>_state" read-only displays: view-only pages show these instead of the value.
         for name in self.secret_fields:
             setattr(self, f"{name}_state", self._make_state_display(name))
+        # A secret in a list column or in search would show or probe it: refuse to start.
+        exposed = set(self.secret_fields) & {
+            *(f for f in self.list_display if isinstance(f, str)),
+            *(f.lstrip("^=@") for f in self.search_fields),
+            *(f if isinstance(f, str) else f[0] for f in self.list_filter if isinstance(f, str | tuple)),
+        }
+        if exposed:
+            raise ImproperlyConfigured(f"{type(self).__name__}: secret field(s) {sorted(exposed)} in list/search")
 
     @staticmethod
     def _make_state_display(name: str):
@@ -151,10 +160,15 @@ class TenantScopedAdmin(_ScopingMixin, admin.ModelAdmin):
             return fieldsets
         # View-only pages render every field read-only from the model: swap secrets for their state.
         swap = {name: f"{name}_state" for name in self.secret_fields}
-        return [
-            (title, {**opts, "fields": [swap.get(f, f) if isinstance(f, str) else f for f in opts["fields"]]})
-            for title, opts in fieldsets
-        ]
+
+        def swapped(fields):
+            # A fieldset line may itself be a tuple of fields shown side by side.
+            return [
+                swap.get(f, f) if isinstance(f, str) else swapped(f) if isinstance(f, list | tuple) else f
+                for f in fields
+            ]
+
+        return [(title, {**opts, "fields": swapped(opts["fields"])}) for title, opts in fieldsets]
 
     def get_readonly_fields(self, request: HttpRequest, obj=None):
         readonly = list(super().get_readonly_fields(request, obj))

@@ -155,3 +155,30 @@ def test_it_shows_audit_rows_only_to_their_tenant(client, personas, bot):
     client.force_login(personas.viewer_a)
     page = client.get(reverse("admin:audit_auditlog_change", args=[entry.pk])).content.decode()
     assert html.escape('"new": "Renamed"') in page  # the diff, as the viewer reads it
+
+
+def test_it_refuses_an_admin_that_lists_or_searches_a_secret():
+    from django.contrib import admin as django_admin
+    from django.core.exceptions import ImproperlyConfigured
+
+    from omniagent.admin.options import TenantScopedAdmin
+
+    class LeakyBotAdmin(TenantScopedAdmin):
+        list_display = ("app_id", "app_secret")
+
+    with pytest.raises(ImproperlyConfigured, match="app_secret"):
+        LeakyBotAdmin(Bot, django_admin.site)
+
+
+def test_it_shows_viewers_only_the_state_of_secrets_side_by_side_in_a_fieldset(rf, personas, bot):
+    from django.contrib import admin as django_admin
+
+    from omniagent.admin.options import TenantScopedAdmin
+
+    class CompactBotAdmin(TenantScopedAdmin):
+        fieldsets = ((None, {"fields": ("app_id", ("app_secret", "encrypt_key"))}),)
+
+    request = rf.get("/")
+    request.user = personas.viewer_a
+    fieldsets = CompactBotAdmin(Bot, django_admin.site).get_fieldsets(request, bot)
+    assert fieldsets[0][1]["fields"] == ["app_id", ["app_secret_state", "encrypt_key_state"]]
