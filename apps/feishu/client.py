@@ -125,7 +125,11 @@ class DjangoTokenCache(ICache):
         now = time.monotonic()
         if memo is not None and memo[1] > now:
             return memo[0]
-        value = cache.get(self.prefix + key)
+        try:
+            value = cache.get(self.prefix + key)
+        except Exception as exc:  # shared cache down: fetch a token per process rather than fail the call
+            logger.warning("feishu.token_cache.unavailable", error=f"{exc.__class__.__name__}: {exc}"[:200])
+            value = None
         if value:
             self._memo[key] = (value, now + self.memo_seconds)
         else:
@@ -136,8 +140,11 @@ class DjangoTokenCache(ICache):
         # lark passes an absolute unix time (already 10 minutes before Feishu's expiry)
         ttl = int(expire - time.time())
         if ttl > 0:
-            cache.set(self.prefix + key, value, timeout=ttl)
             self._memo[key] = (value, time.monotonic() + min(self.memo_seconds, ttl))
+            try:
+                cache.set(self.prefix + key, value, timeout=ttl)
+            except Exception as exc:
+                logger.warning("feishu.token_cache.unavailable", error=f"{exc.__class__.__name__}: {exc}"[:200])
 
     def discard(self, key: str, value: str | None) -> bool:
         """Drop `key` if it still holds `value` (so a token another process just refreshed survives)."""
@@ -145,10 +152,13 @@ class DjangoTokenCache(ICache):
         if memo is not None and (value is None or memo[0] == value):
             self._memo.pop(key, None)
         full = self.prefix + key
-        current = cache.get(full)
-        if current is not None and (value is None or current == value):
-            cache.delete(full)
-            return True
+        try:
+            current = cache.get(full)
+            if current is not None and (value is None or current == value):
+                cache.delete(full)
+                return True
+        except Exception as exc:
+            logger.warning("feishu.token_cache.unavailable", error=f"{exc.__class__.__name__}: {exc}"[:200])
         return False
 
     def forget_local(self) -> None:

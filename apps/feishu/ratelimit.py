@@ -72,11 +72,16 @@ class RedisRateLimiter(RateLimiter):
     key_prefix = "feishu:ratelimit:"
 
     def __init__(self, url: str) -> None:
-        self._redis = redis.Redis.from_url(url)
+        self._redis = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
         self._script = self._redis.register_script(_RESERVE_LUA)
 
     def reserve(self, key: str, *, rate: float, capacity: float) -> float:
-        micros = self._script(keys=[self.key_prefix + key], args=[rate, capacity, 1])
+        try:
+            micros = self._script(keys=[self.key_prefix + key], args=[rate, capacity, 1])
+        except redis.RedisError as exc:
+            # fail open: Feishu's own 429s (retried with backoff) still protect us while Redis is away
+            logger.warning("feishu.ratelimit.unavailable", key=key, error=f"{exc.__class__.__name__}: {exc}"[:200])
+            return 0.0
         return int(micros) / 1_000_000
 
 

@@ -205,6 +205,22 @@ def test_the_tenant_token_is_shared_with_another_process(feishu_bot, fake_feishu
     assert len({r.token for r in fake_feishu.requests_to(REPLY_PATH)}) == 1
 
 
+def test_a_shared_cache_outage_costs_token_fetches_not_replies(feishu_bot, fake_feishu, monkeypatch):
+    class DownCache:
+        def get(self, *args, **kwargs):
+            raise ConnectionError("redis is away")
+
+        set = delete = get
+
+    monkeypatch.setattr("apps.feishu.client.cache", DownCache())
+    client = FeishuClient.for_bot(feishu_bot)
+
+    reply(client, uuid="during-outage")
+
+    assert [m["uuid"] for m in fake_feishu.messages] == ["during-outage"]
+    assert len(fake_feishu.token_requests) == 1
+
+
 def test_a_wrong_app_secret_is_a_permanent_error(feishu_bot, fake_feishu):
     fake_feishu.add_app(feishu_bot.app_id, "the-real-secret")
     client = FeishuClient(app_id=feishu_bot.app_id, app_secret="a-wrong-secret", base_url=fake_feishu.base_url)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import time
@@ -73,3 +74,13 @@ def test_the_embedded_limiter_queues_in_process():
     assert waits[:2] == [0.0, 0.0]
     assert waits[2] == pytest.approx(0.1, abs=0.02)
     assert waits[3] == pytest.approx(0.2, abs=0.02)
+
+
+def test_the_limiter_fails_open_when_redis_is_away():
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    limiter = RedisRateLimiter(f"redis://127.0.0.1:{port}/0")
+
+    assert limiter.reserve("cli_x", rate=1, capacity=1) == 0.0
+    assert limiter.reserve("cli_x", rate=1, capacity=1) == 0.0
