@@ -182,3 +182,20 @@ def test_it_shows_viewers_only_the_state_of_secrets_side_by_side_in_a_fieldset(r
     request.user = personas.viewer_a
     fieldsets = CompactBotAdmin(Bot, django_admin.site).get_fieldsets(request, bot)
     assert fieldsets[0][1]["fields"] == ["app_id", ["app_secret_state", "encrypt_key_state"]]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_rolls_the_change_back_when_its_audit_row_cannot_be_written(client, personas, bot, monkeypatch):
+    import omniagent.admin.options as options
+
+    def broken_audit(**kwargs):
+        raise RuntimeError("audit store down")
+
+    monkeypatch.setattr(options, "audit_record", broken_audit)
+    client.force_login(personas.owner_a)
+    url = reverse("admin:bots_bot_change", args=[bot.pk])
+    data = form_data(client.get(url).content.decode(), name="Unaudited", app_secret="unaudited-secret")
+    with pytest.raises(RuntimeError, match="audit store down"):
+        client.post(url, data)
+    bot.refresh_from_db()
+    assert (bot.name, bot.app_secret) == ("Support", "app-secret-plaintext")
