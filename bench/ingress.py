@@ -180,6 +180,84 @@ def make_request(i: int, run: str) -> tuple[bytes, dict[str, str]]:
     }
 
 
+# --- CPU accounting: this machine is shared, so every phase reports what else was running ---------
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def machine_jiffies() -> tuple[int, int]:
+    """(busy, total) jiffies of the whole machine since boot."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]
+    return sum(fields) - idle, sum(fields)
+
+
+def process_cpu(pids: list[int]) -> float:
+    """CPU seconds used so far by these processes."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / TICK
+
+
+def server_pids(root: int) -> list[int]:
+    """uvicorn's supervisor and its worker processes."""
+    pids = [root]
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1]) == root:
+                    pids.append(int(entry))
+            except OSError:
+                continue
+    return pids
+
+
+class CpuMeter:
+    def __init__(self, server_root: int | None) -> None:
+        self.server_root = server_root
+        self.start()
+
+    def start(self) -> None:
+        self.t0 = time.time()
+        self.machine0 = machine_jiffies()
+        self.pids = server_pids(self.server_root) if self.server_root else []
+        self.server0 = process_cpu(self.pids)
+        self.self0 = time.process_time()
+
+    def read(self, events: int) -> dict:
+        wall = time.time() - self.t0
+        busy = (machine_jiffies()[0] - self.machine0[0]) / TICK
+        server = process_cpu(self.pids) - self.server0
+        loadgen = time.process_time() - self.self0
+        return {
+            "machine_busy_cores": round(busy / wall, 2),
+            "server_cores": round(server / wall, 2),
+            "loadgen_cores": round(loadgen / wall, 2),
+            "others_cores_incl_postgres_redis": round(max(0.0, busy - server - loadgen) / wall, 2),
+            "server_cpu_ms_per_event": round(server * 1000 / events, 2) if events else None,
+        }
+
+
+def wait_quiet(limit_cores: float, max_wait: float) -> float:
+    """Wait (up to max_wait s) until the machine has been below limit_cores for 3 s; return what it was."""
+    deadline = time.time() + max_wait
+    calm = 0
+    while True:
+        b0 = machine_jiffies()[0]
+        time.sleep(1)
+        cores = (machine_jiffies()[0] - b0) / TICK
+        calm = calm + 1 if cores < limit_cores else 0
+        if calm >= 3 or time.time() > deadline:
+            return round(cores, 2)
+        print(f"waiting for a quiet machine: {cores:.2f} cores busy", flush=True)
+
+
 def pct(values: list[float], p: float) -> float:
     if not values:
         return float("nan")
@@ -188,7 +266,8 @@ def pct(values: list[float], p: float) -> float:
     return values[k]
 
 
-async def run_phase(session: aiohttp.ClientSession, rate: float, duration: float, run: str) -> dict:
+async def run_phase(session: aiohttp.ClientSession, rate: float, duration: float, run: str,
+                    meter: CpuMeter | None = None) -> dict:
     n = int(rate * duration)
     requests = [make_request(i, run) for i in range(n)]
     url = f"http://127.0.0.1:{PORT}/webhooks/feishu/{APP_ID}/"
@@ -211,10 +290,13 @@ async def run_phase(session: aiohttp.ClientSession, rate: float, duration: float
         statuses[key] = statuses.get(key, 0) + 1
 
     start = loop.time() + 0.2
+    if meter:
+        meter.start()
     t0 = time.time()
     await asyncio.gather(*(one(i, start + i / rate) for i in range(n)))
     wall = time.time() - t0 - 0.2
     ok = statuses.get("200", 0)
+    cpu = meter.read(ok) if meter else {}
     return {
         "rate_offered": rate,
         "duration_s": duration,
@@ -227,21 +309,23 @@ async def run_phase(session: aiohttp.ClientSession, rate: float, duration: float
         "p99_ms": round(pct(latencies, 99), 2),
         "max_ms": round(max(latencies), 2),
         "mean_ms": round(statistics.fmean(latencies), 2),
+        "cpu": cpu,
     }
 
 
-async def bench(args) -> dict:
+async def bench(args, server_pid: int) -> dict:
+    meter = CpuMeter(server_pid)
     connector = aiohttp.TCPConnector(limit=args.connections, force_close=False)
     timeout = aiohttp.ClientTimeout(total=30)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         await wait_up(session)
         await run_phase(session, 100, 3, "warmup")  # imports, pools, first conversations
-        fixed = await run_phase(session, args.rate, args.duration, "fixed")
+        fixed = await run_phase(session, args.rate, args.duration, "fixed", meter)
         print(f"fixed {args.rate}/s: {json.dumps(fixed)}", flush=True)
         ramp = []
         for rate in args.ramp:
             await asyncio.sleep(2)
-            step = await run_phase(session, rate, args.ramp_duration, f"ramp{rate}")
+            step = await run_phase(session, rate, args.ramp_duration, f"ramp{rate}", meter)
             ramp.append(step)
             print(f"ramp  {rate}/s: {json.dumps(step)}", flush=True)
             if step["p99_ms"] > 200 or step["ok"] < step["requests"]:
@@ -258,14 +342,17 @@ def main() -> None:
     parser.add_argument("--ramp", default="300,400,500,600,700,800,1000,1200")
     parser.add_argument("--ramp-duration", type=float, default=8)
     parser.add_argument("--connections", type=int, default=256, help="client connection pool size")
+    parser.add_argument("--wait-quiet", type=float, default=300,
+                        help="wait up to this many seconds for other processes to use < 0.3 cores (0: don't)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "out" / "ingress.json"))
     args = parser.parse_args()
     args.ramp = [float(r) for r in args.ramp.split(",") if r]
 
     prepare_database()
+    quiet = wait_quiet(0.3, args.wait_quiet) if args.wait_quiet > 0 else None
     server = start_server(args.workers)
     try:
-        result = asyncio.run(bench(args))
+        result = asyncio.run(bench(args, server.pid))
     finally:
         server.terminate()
         server.wait(20)
@@ -285,6 +372,7 @@ def main() -> None:
             "duplicate_messages": duplicates,
         },
         setup={
+            "busy_cores_before_start": quiet,
             "uvicorn_workers": args.workers,
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
@@ -301,6 +389,7 @@ def main() -> None:
         f"\nack latency at {args.rate:.0f} events/s for {args.duration:.0f}s: p50 {f['p50_ms']} ms, "
         f"p99 {f['p99_ms']} ms, {f['throughput_eps']} events/s acknowledged ({f['ok']}/{f['requests']})"
     )
+    print(f"CPU at the fixed rate: {f['cpu']}")
     print(f"highest ramp rate with p99 <= 200 ms: {result['max_rate_p99_under_200ms']} events/s")
     print(f"integrity: {result['integrity']}")
     print(f"written to {args.out}")
