@@ -44,9 +44,8 @@ def test_a_burst_queues_at_the_configured_rate(feishu_bot, fake_feishu, settings
     sends = fake_feishu.requests_to(r"/im/v1/messages$")
     assert [r.status for r in sends] == [200] * 8
     assert len(fake_feishu.messages) == 8
-    # the queued tail arrived spaced by the refill interval, not all at once
-    tail = [r.time for r in sends[-3:]]
-    assert tail[1] - tail[0] >= 0.15 and tail[2] - tail[1] >= 0.15
+    # Feishu saw them spread over the refill time, not all at once: the last went 4 refills after the start
+    assert sends[-1].time - sends[0].time >= 0.7
 
 
 def test_the_bucket_is_shared_with_another_process(settings):
@@ -54,8 +53,8 @@ def test_the_bucket_is_shared_with_another_process(settings):
     limiter = RedisRateLimiter(settings.REDIS_URL)
     for _ in range(5):
         assert limiter.reserve(key, rate=5, capacity=5) == 0  # drain it here...
-    for n in range(1, 11):
-        assert limiter.reserve(key, rate=5, capacity=5) == pytest.approx(n / 5, abs=0.05)  # ...and queue 10
+    for n in range(1, 26):
+        assert limiter.reserve(key, rate=5, capacity=5) == pytest.approx(n / 5, abs=0.05)  # ...and queue 25
     code = (
         "from apps.feishu.ratelimit import RedisRateLimiter;"
         f"print(RedisRateLimiter({settings.REDIS_URL!r}).reserve({key!r}, rate=5, capacity=5))"
@@ -63,8 +62,8 @@ def test_the_bucket_is_shared_with_another_process(settings):
 
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=30)
 
-    # the other process queues behind those 10: 11 refills at 5/s (2.2 s) minus its own start-up time
-    assert 1.0 <= float(out.stdout.strip()) <= 2.2
+    # the other process queues behind those 25: 26 refills at 5/s (5.2 s) minus its own start-up time
+    assert 2.0 <= float(out.stdout.strip()) <= 5.2
 
 
 def test_the_embedded_limiter_queues_in_process():
