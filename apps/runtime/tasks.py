@@ -30,8 +30,13 @@ def conversations_sweep_task() -> None:
 
 
 @worker_ready.connect
-def _warm_llm_client(**_: object) -> None:
-    # The first OpenAI client pays for lazy imports and a TLS context; pay it before turns arrive.
+def _warm_up(**_: object) -> None:
+    # First use imports lark-oapi (responders), the tool modules and the SDK's lazy modules: seconds
+    # of CPU that a burst of first turns would otherwise pay together, holding the GIL.
     from apps.runtime.llm import llm_warm_up
+    from apps.runtime.responders import load_responders
+    from apps.runtime.tools import tool_get
 
+    load_responders()
+    tool_get("calc")
     llm_warm_up()

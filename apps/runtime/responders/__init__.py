@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 import logging
-from functools import cache
+import threading
 
 logger = logging.getLogger(__name__)
 
@@ -15,8 +15,22 @@ _BUILTIN = [
 ]
 
 
-@cache
+_loaded = False
+_lock = threading.Lock()
+
+
 def load_responders() -> None:
+    """Import the channel modules once; concurrent first turns wait for one import, not race it."""
+    global _loaded
+    if _loaded:
+        return
+    with _lock:
+        if not _loaded:
+            _load()
+            _loaded = True
+
+
+def _load() -> None:
     for module in _BUILTIN:
         try:
             importlib.import_module(module)
