@@ -266,8 +266,9 @@ def pct(values: list[float], p: float) -> float:
     return values[k]
 
 
-async def run_phase(session: aiohttp.ClientSession, rate: float, duration: float, run: str,
-                    meter: CpuMeter | None = None) -> dict:
+async def run_phase(
+    session: aiohttp.ClientSession, rate: float, duration: float, run: str, meter: CpuMeter | None = None
+) -> dict:
     n = int(rate * duration)
     requests = [make_request(i, run) for i in range(n)]
     url = f"http://127.0.0.1:{PORT}/webhooks/feishu/{APP_ID}/"
@@ -342,8 +343,12 @@ def main() -> None:
     parser.add_argument("--ramp", default="300,400,500,600,700,800,1000,1200")
     parser.add_argument("--ramp-duration", type=float, default=8)
     parser.add_argument("--connections", type=int, default=256, help="client connection pool size")
-    parser.add_argument("--wait-quiet", type=float, default=300,
-                        help="wait up to this many seconds for other processes to use < 0.3 cores (0: don't)")
+    parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=300,
+        help="wait up to this many seconds for other processes to use < 0.3 cores (0: don't)",
+    )
     parser.add_argument("--out", default=str(ROOT / "bench" / "out" / "ingress.json"))
     args = parser.parse_args()
     args.ramp = [float(r) for r in args.ramp.split(",") if r]

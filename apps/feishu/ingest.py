@@ -204,8 +204,19 @@ def _classify_message(*, bot: Bot, header: dict, msg: InboundMessage):
     return InboundEvent.Status.ACCEPTED, "", agent_id
 
 
-def _rows(*, bot: Bot, header: dict, payload: dict, source: str, trace_id: str, msg: InboundMessage, status: str,
-          reason: str, agent_id: int | None, now) -> tuple[InboundEvent, Conversation, Message]:
+def _rows(
+    *,
+    bot: Bot,
+    header: dict,
+    payload: dict,
+    source: str,
+    trace_id: str,
+    msg: InboundMessage,
+    status: str,
+    reason: str,
+    agent_id: int | None,
+    now,
+) -> tuple[InboundEvent, Conversation, Message]:
     """The three rows one received message produces (unsaved)."""
     answer = status == InboundEvent.Status.ACCEPTED
     event = InboundEvent(
@@ -356,7 +367,12 @@ def _bot_added_ingest(*, bot: Bot, header: dict, payload: dict, source: str, tra
     try:
         with transaction.atomic():
             row = _event_row(
-                bot=bot, header=header, payload=payload, source=source, status=status, reason=reason,
+                bot=bot,
+                header=header,
+                payload=payload,
+                source=source,
+                status=status,
+                reason=reason,
                 trace_id=trace_id,
             )
             if welcome:
@@ -399,7 +415,12 @@ def _card_action_ingest(*, bot: Bot, header: dict, payload: dict, source: str, t
             status = InboundEvent.Status.ACCEPTED if found else InboundEvent.Status.IGNORED
             reason = "" if found else ("message not found" if is_feedback else "not a feedback action")
             row = _event_row(
-                bot=bot, header=header, payload=payload, source=source, status=status, reason=reason,
+                bot=bot,
+                header=header,
+                payload=payload,
+                source=source,
+                status=status,
+                reason=reason,
                 trace_id=trace_id,
             )
     except IntegrityError:
@@ -418,8 +439,13 @@ def _other_ingest(*, bot: Bot, header: dict, payload: dict, source: str, trace_i
     try:
         with transaction.atomic():
             row = _event_row(
-                bot=bot, header=header, payload=payload, source=source, status=InboundEvent.Status.IGNORED,
-                reason="event type not handled", trace_id=trace_id,
+                bot=bot,
+                header=header,
+                payload=payload,
+                source=source,
+                status=InboundEvent.Status.IGNORED,
+                reason="event type not handled",
+                trace_id=trace_id,
             )
     except IntegrityError:
         return IngestResult(outcome="duplicate", reason="event already received")

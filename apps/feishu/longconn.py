@@ -203,8 +203,9 @@ class _Child:
 class Supervisor:
     """Keeps one child process per bot alive and talking."""
 
-    def __init__(self, *, app_ids: list[str] | None = None, grace: float = 30.0, refresh: float = 30.0,
-                 tick: float = 0.5) -> None:
+    def __init__(
+        self, *, app_ids: list[str] | None = None, grace: float = 30.0, refresh: float = 30.0, tick: float = 0.5
+    ) -> None:
         self.app_ids = app_ids or []
         self.grace = grace
         self.refresh = refresh

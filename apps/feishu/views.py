@@ -95,8 +95,17 @@ def _bot_for(app_id: str) -> Bot | None:
         return hit[1]
     bot = (
         Bot.objects.filter(app_id=app_id, is_active=True, tenant__is_active=True)
-        .only("id", "tenant_id", "app_id", "app_secret", "verification_token", "encrypt_key", "bot_open_id",
-              "base_url", "name")
+        .only(
+            "id",
+            "tenant_id",
+            "app_id",
+            "app_secret",
+            "verification_token",
+            "encrypt_key",
+            "bot_open_id",
+            "base_url",
+            "name",
+        )
         .first()
     )
     if bot is None:  # unknown ids are not remembered: a flood of them cannot grow this dict

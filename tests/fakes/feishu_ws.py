@@ -70,7 +70,10 @@ def message_event(
 ) -> dict:
     """An im.message.receive_v1 event, schema 2.0, shaped like Feishu's."""
     header = _header(
-        app_id=app_id, event_type="im.message.receive_v1", event_id=event_id, token=token,
+        app_id=app_id,
+        event_type="im.message.receive_v1",
+        event_id=event_id,
+        token=token,
         create_time_ms=create_time_ms,
     )
     message = {
@@ -102,12 +105,21 @@ def message_event(
     }
 
 
-def bot_added_event(*, app_id: str, chat_id: str = "oc_group_1", event_id: str | None = None,
-                    token: str = DEFAULT_TOKEN, create_time_ms: int | None = None) -> dict:
+def bot_added_event(
+    *,
+    app_id: str,
+    chat_id: str = "oc_group_1",
+    event_id: str | None = None,
+    token: str = DEFAULT_TOKEN,
+    create_time_ms: int | None = None,
+) -> dict:
     return {
         "schema": "2.0",
         "header": _header(
-            app_id=app_id, event_type="im.chat.member.bot.added_v1", event_id=event_id, token=token,
+            app_id=app_id,
+            event_type="im.chat.member.bot.added_v1",
+            event_id=event_id,
+            token=token,
             create_time_ms=create_time_ms,
         ),
         "event": {
@@ -121,9 +133,16 @@ def bot_added_event(*, app_id: str, chat_id: str = "oc_group_1", event_id: str |
     }
 
 
-def card_action_event(*, app_id: str, value: dict, operator_open_id: str = "ou_user_1", event_id: str | None = None,
-                      token: str = DEFAULT_TOKEN, open_message_id: str = "om_card_1",
-                      chat_id: str = "oc_chat_p2p_1") -> dict:
+def card_action_event(
+    *,
+    app_id: str,
+    value: dict,
+    operator_open_id: str = "ou_user_1",
+    event_id: str | None = None,
+    token: str = DEFAULT_TOKEN,
+    open_message_id: str = "om_card_1",
+    chat_id: str = "oc_chat_p2p_1",
+) -> dict:
     """card.action.trigger (card JSON 2.0 button click), as pushed to the callback URL."""
     return {
         "schema": "2.0",
@@ -131,8 +150,12 @@ def card_action_event(*, app_id: str, value: dict, operator_open_id: str = "ou_u
             app_id=app_id, event_type="card.action.trigger", event_id=event_id, token=token, create_time_ms=None
         ),
         "event": {
-            "operator": {"tenant_key": "2ca1d211f64f6438", "user_id": "u1", "open_id": operator_open_id,
-                         "union_id": "on_user_1"},
+            "operator": {
+                "tenant_key": "2ca1d211f64f6438",
+                "user_id": "u1",
+                "open_id": operator_open_id,
+                "union_id": "on_user_1",
+            },
             "token": "c-" + uuid.uuid4().hex,
             "action": {"value": value, "tag": "button", "timezone": "Asia/Shanghai"},
             "host": "im_message",
@@ -145,12 +168,16 @@ def url_verification(*, challenge: str = "ajls384kdjx98XX", token: str = DEFAULT
     return {"challenge": challenge, "token": token, "type": "url_verification"}
 
 
-def webhook_request(payload: dict, *, encrypt_key: str = "", timestamp: int | None = None,
-                    nonce: str | None = None) -> tuple[bytes, dict[str, str]]:
+def webhook_request(
+    payload: dict, *, encrypt_key: str = "", timestamp: int | None = None, nonce: str | None = None
+) -> tuple[bytes, dict[str, str]]:
     """(body, headers) exactly as Feishu sends them: encrypted and signed when the app has an encrypt key."""
     plaintext = json.dumps(payload, ensure_ascii=False)
-    body = (json.dumps({"encrypt": event_encrypt(encrypt_key=encrypt_key, plaintext=plaintext)}) if encrypt_key
-            else plaintext).encode()
+    body = (
+        json.dumps({"encrypt": event_encrypt(encrypt_key=encrypt_key, plaintext=plaintext)})
+        if encrypt_key
+        else plaintext
+    ).encode()
     ts = str(timestamp if timestamp is not None else int(time.time()))
     nonce = nonce or secrets.token_hex(8)
     headers = {"Content-Type": "application/json", "X-Lark-Request-Timestamp": ts, "X-Lark-Request-Nonce": nonce}
@@ -187,8 +214,15 @@ class FakeFeishuWS:
     so the client goes silent the way a dead connection does.
     """
 
-    def __init__(self, *, apps: dict[str, str] | None = None, ping_interval: int = 120, reconnect_interval: int = 1,
-                 reconnect_nonce: int = 0, service_id: int = 1) -> None:
+    def __init__(
+        self,
+        *,
+        apps: dict[str, str] | None = None,
+        ping_interval: int = 120,
+        reconnect_interval: int = 1,
+        reconnect_nonce: int = 0,
+        service_id: int = 1,
+    ) -> None:
         self.apps = dict(apps or {})
         self.ping_interval = ping_interval
         self.reconnect_interval = reconnect_interval
@@ -219,19 +253,21 @@ class FakeFeishuWS:
             return web.json_response({"code": 1000040343, "msg": "app id or secret invalid", "data": None})
         device_id = f"dev{next(self._ids)}"
         self._devices[device_id] = app_id
-        return web.json_response({
-            "code": 0,
-            "msg": "ok",
-            "data": {
-                "URL": f"ws://127.0.0.1:{self.port}/ws?device_id={device_id}&service_id={self.service_id}",
-                "ClientConfig": {
-                    "ReconnectCount": -1,
-                    "ReconnectInterval": self.reconnect_interval,
-                    "ReconnectNonce": self.reconnect_nonce,
-                    "PingInterval": self.ping_interval,
+        return web.json_response(
+            {
+                "code": 0,
+                "msg": "ok",
+                "data": {
+                    "URL": f"ws://127.0.0.1:{self.port}/ws?device_id={device_id}&service_id={self.service_id}",
+                    "ClientConfig": {
+                        "ReconnectCount": -1,
+                        "ReconnectInterval": self.reconnect_interval,
+                        "ReconnectNonce": self.reconnect_nonce,
+                        "PingInterval": self.ping_interval,
+                    },
                 },
-            },
-        })
+            }
+        )
 
     async def _ws(self, request: web.Request) -> web.WebSocketResponse:
         from lark_oapi.ws.pb.pbbp2_pb2 import Frame
@@ -307,6 +343,7 @@ class FakeFeishuWS:
 
     def stop(self) -> None:
         if self._loop is not None:
+
             async def close_all() -> None:
                 for conn in self.connections:
                     if conn.closed_at is None:

@@ -26,8 +26,9 @@ ROOT = Path(__file__).resolve().parents[3]
 
 def _post(client, bot, payload):
     body, headers = webhook_request(payload, encrypt_key=bot.encrypt_key)
-    return client.post(f"/webhooks/feishu/{bot.app_id}/", data=body, content_type="application/json",
-                       **django_headers(headers))
+    return client.post(
+        f"/webhooks/feishu/{bot.app_id}/", data=body, content_type="application/json", **django_headers(headers)
+    )
 
 
 def _wait(predicate, timeout=10.0):
@@ -67,8 +68,9 @@ def test_it_does_not_welcome_after_the_max_age(db, settings):
     bot = BotFactory()
     BindingFactory(bot=bot, chat_type=Binding.ChatType.GROUP, welcome_message="hi")
     old = int((time.time() - settings.FEISHU_EVENT_MAX_AGE - 5) * 1000)
-    result = event_ingest(bot=bot, payload=bot_added_event(app_id=bot.app_id, create_time_ms=old),
-                          source="long_connection")
+    result = event_ingest(
+        bot=bot, payload=bot_added_event(app_id=bot.app_id, create_time_ms=old), source="long_connection"
+    )
     assert result.outcome == "stale"
     assert InboundEvent.objects.get().status == "stale"
 
@@ -81,12 +83,22 @@ def test_it_learns_the_bot_open_id_from_feishu_to_recognise_its_mention(db, fake
     bot = BotFactory(base_url=fake_feishu.base_url, bot_open_id="")
     fake_feishu.add_app(bot.app_id, bot.app_secret, open_id="ou_learned_bot")
     BindingFactory(bot=bot, chat_type=Binding.ChatType.GROUP, require_mention=True)
-    payload = message_event(app_id=bot.app_id, chat_type="group", chat_id="oc_g", text="@_user_1 在吗",
-                            mentions=[mention("@_user_1", "ou_learned_bot", "助手")])
+    payload = message_event(
+        app_id=bot.app_id,
+        chat_type="group",
+        chat_id="oc_g",
+        text="@_user_1 在吗",
+        mentions=[mention("@_user_1", "ou_learned_bot", "助手")],
+    )
 
     assert event_ingest(bot=bot, payload=payload, source="webhook").outcome == "accepted"
-    second = message_event(app_id=bot.app_id, chat_type="group", chat_id="oc_g", text="@_user_1 再问",
-                           mentions=[mention("@_user_1", "ou_learned_bot", "助手")])
+    second = message_event(
+        app_id=bot.app_id,
+        chat_type="group",
+        chat_id="oc_g",
+        text="@_user_1 再问",
+        mentions=[mention("@_user_1", "ou_learned_bot", "助手")],
+    )
     bot.refresh_from_db()
     assert bot.bot_open_id == "ou_learned_bot"
     assert event_ingest(bot=bot, payload=second, source="webhook").outcome == "accepted"
@@ -100,8 +112,9 @@ def test_it_answers_503_and_stores_nothing_when_the_bot_open_id_cannot_be_learne
     fake_feishu.add_app(bot.app_id, bot.app_secret)
     fake_feishu.inject_server_error(times=50, path=r"/open-apis/bot/v3/info")
     BindingFactory(bot=bot)
-    payload = message_event(app_id=bot.app_id, chat_type="group", text="@_user_1 hi",
-                            mentions=[mention("@_user_1", "ou_x", "X")])
+    payload = message_event(
+        app_id=bot.app_id, chat_type="group", text="@_user_1 hi", mentions=[mention("@_user_1", "ou_x", "X")]
+    )
 
     response = _post(Client(), bot, payload)
 

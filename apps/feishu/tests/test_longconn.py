@@ -54,8 +54,9 @@ def fake_ws():
 
 @pytest.fixture
 def ws_bot(transactional_db, fake_ws):
-    bot = BotFactory(mode=Bot.Mode.LONG_CONNECTION, base_url=fake_ws.base_url, app_secret=SECRET,
-                     encrypt_key="ws-encrypt-key")
+    bot = BotFactory(
+        mode=Bot.Mode.LONG_CONNECTION, base_url=fake_ws.base_url, app_secret=SECRET, encrypt_key="ws-encrypt-key"
+    )
     fake_ws.apps[bot.app_id] = SECRET
     BindingFactory(bot=bot, chat_type=Binding.ChatType.ANY, require_mention=True)
     return bot
@@ -123,8 +124,9 @@ def test_it_delivers_a_long_connection_message_once_even_after_three_webhook_del
     client = Client()
     for _ in range(3):
         body, headers = webhook_request(payload, encrypt_key="ws-encrypt-key")
-        response = client.post(f"/webhooks/feishu/{ws_bot.app_id}/", data=body, content_type="application/json",
-                               **django_headers(headers))
+        response = client.post(
+            f"/webhooks/feishu/{ws_bot.app_id}/", data=body, content_type="application/json", **django_headers(headers)
+        )
         assert response.status_code == 200
     ack = fake_ws.push_event(ws_bot.app_id, payload)
 
@@ -198,8 +200,10 @@ def test_it_connects_every_long_connection_bot_and_stops_cleanly_on_sigterm(ws_b
     proc.send_signal(signal.SIGTERM)
 
     assert proc.wait(20) == 0
-    _wait(lambda: not fake_ws.open_connections(ws_bot.app_id) and not fake_ws.open_connections(other.app_id),
-          what="connections closed")
+    _wait(
+        lambda: not fake_ws.open_connections(ws_bot.app_id) and not fake_ws.open_connections(other.app_id),
+        what="connections closed",
+    )
     assert not [c for c in fake_ws.connections if c.app_id == webhook_bot.app_id]
     states = dict(Bot.objects.values_list("app_id", "connection_state"))
     assert states[ws_bot.app_id] == states[other.app_id] == Bot.ConnectionState.DISCONNECTED

@@ -120,20 +120,25 @@ def test_it_accepts_an_encrypted_signed_message_and_enqueues_one_turn(
     assert message.trace_id == event.trace_id != ""
     conversation = message.conversation
     assert conversation.key == f"feishu:{bot.pk}:oc_p2p_42"
-    assert (conversation.chat_type, conversation.agent_id, conversation.tenant_id) == ("p2p", binding.agent_id,
-                                                                                       bot.tenant_id)
+    assert (conversation.chat_type, conversation.agent_id, conversation.tenant_id) == (
+        "p2p",
+        binding.agent_id,
+        bot.tenant_id,
+    )
     assert conversation.last_activity_at is not None
     assert queued() == [conversation.pk]
     bot.refresh_from_db()
     assert bot.last_event_at is not None
 
 
-def test_it_accepts_a_plain_event_when_the_bot_has_no_encrypt_key(client, db, queued,
-                                                                   django_capture_on_commit_callbacks):
+def test_it_accepts_a_plain_event_when_the_bot_has_no_encrypt_key(
+    client, db, queued, django_capture_on_commit_callbacks
+):
     bot = BotFactory(encrypt_key="")
     BindingFactory(bot=bot)
-    response = deliver(client, bot, message_event(app_id=bot.app_id), django_capture_on_commit_callbacks,
-                       encrypt_key="")
+    response = deliver(
+        client, bot, message_event(app_id=bot.app_id), django_capture_on_commit_callbacks, encrypt_key=""
+    )
     assert response.status_code == 200
     assert Message.objects.get().status == Message.Status.PENDING
     assert len(queued()) == 1
@@ -197,8 +202,15 @@ def bad_variants(app_id: str) -> dict[str, tuple[int, bytes, dict]]:
     body = _encrypted(good)
     stale_ts = int(time.time()) - settings.FEISHU_WEBHOOK_REPLAY_WINDOW - 60
     wrong_token = _encrypted(message_event(app_id=app_id, token="not-the-token"))
-    v1 = _encrypted({"uuid": "u1", "token": "verification-token-plaintext", "ts": "1", "type": "event_callback",
-                     "event": {"type": "message"}})
+    v1 = _encrypted(
+        {
+            "uuid": "u1",
+            "token": "verification-token-plaintext",
+            "ts": "1",
+            "type": "event_callback",
+            "event": {"type": "message"},
+        }
+    )
     not_json = json.dumps({"encrypt": event_encrypt(encrypt_key=ENCRYPT_KEY, plaintext="{not json")}).encode()
     no_event_id = message_event(app_id=app_id)
     del no_event_id["header"]["event_id"]
@@ -212,8 +224,11 @@ def bad_variants(app_id: str) -> dict[str, tuple[int, bytes, dict]]:
         "stale timestamp": (401, body, _signed(body, ts=stale_ts)),
         "future timestamp": (401, body, _signed(body, ts=int(time.time()) + 3600)),
         "wrong token": (401, wrong_token, _signed(wrong_token)),
-        "bad ciphertext": (400, b'{"encrypt": "bm90IGEgY2lwaGVydGV4dA=="}',
-                           _signed(b'{"encrypt": "bm90IGEgY2lwaGVydGV4dA=="}')),
+        "bad ciphertext": (
+            400,
+            b'{"encrypt": "bm90IGEgY2lwaGVydGV4dA=="}',
+            _signed(b'{"encrypt": "bm90IGEgY2lwaGVydGV4dA=="}'),
+        ),
         "not base64": (400, b'{"encrypt": "%%%"}', _signed(b'{"encrypt": "%%%"}')),
         "wrong encrypt key": (400, _encrypted(good, key="other"), _signed(_encrypted(good, key="other"))),
         "plaintext is not json": (400, not_json, _signed(not_json)),
@@ -225,8 +240,9 @@ def bad_variants(app_id: str) -> dict[str, tuple[int, bytes, dict]]:
 @pytest.mark.parametrize("variant", list(bad_variants("cli_x")))
 def test_it_rejects_malformed_requests_with_a_4xx_and_no_rows(client, bot, binding, variant, caplog):
     status, body, headers = bad_variants(bot.app_id)[variant]
-    response = client.post(f"/webhooks/feishu/{bot.app_id}/", data=body, content_type="application/json",
-                           **django_headers(headers))
+    response = client.post(
+        f"/webhooks/feishu/{bot.app_id}/", data=body, content_type="application/json", **django_headers(headers)
+    )
 
     assert response.status_code == status, response.content
     assert response.json()["error"]
@@ -309,7 +325,10 @@ def test_it_answers_a_group_message_that_mentions_the_bot_with_the_placeholder_s
     client, bot, binding, queued, write_path, django_capture_on_commit_callbacks
 ):
     payload = message_event(
-        app_id=bot.app_id, chat_type="group", chat_id="oc_group", text="@_user_1 帮我查 @_user_2 的案件",
+        app_id=bot.app_id,
+        chat_type="group",
+        chat_id="oc_group",
+        text="@_user_1 帮我查 @_user_2 的案件",
         mentions=[mention("@_user_1", "ou_bot_self", "案件助手"), mention("@_user_2", "ou_lawyer", "张律师")],
     )
     assert deliver(client, bot, payload, django_capture_on_commit_callbacks).status_code == 200
@@ -345,8 +364,9 @@ def test_it_answers_a_group_without_mention_when_the_binding_does_not_require_on
         ({"sender_open_id": "ou_bot_self"}, "sender_is_self"),
     ],
 )
-def test_it_ignores_messages_from_bots(client, bot, binding, queued, django_capture_on_commit_callbacks, kwargs,
-                                       reason):
+def test_it_ignores_messages_from_bots(
+    client, bot, binding, queued, django_capture_on_commit_callbacks, kwargs, reason
+):
     deliver(client, bot, message_event(app_id=bot.app_id, **kwargs), django_capture_on_commit_callbacks)
     message = Message.objects.get()
     assert (message.status, message.error_code) == (Message.Status.IGNORED, reason)
@@ -398,8 +418,9 @@ def _answer(bot, **kwargs):
 
 def test_it_records_thumbs_down_feedback_and_returns_a_toast(client, bot):
     answer = _answer(bot)
-    payload = card_action_event(app_id=bot.app_id, value={"feedback": "down", "message_id": answer.pk},
-                                operator_open_id="ou_rater")
+    payload = card_action_event(
+        app_id=bot.app_id, value={"feedback": "down", "message_id": answer.pk}, operator_open_id="ou_rater"
+    )
     response = post(client, bot, payload)
 
     assert response.status_code == 200
@@ -424,8 +445,9 @@ def test_it_cannot_rate_another_tenants_answer(client, bot):
 def test_it_cannot_rate_a_user_message(client, bot):
     user_message = _answer(bot)
     Message.objects.filter(pk=user_message.pk).update(role=Message.Role.USER)
-    response = post(client, bot, card_action_event(app_id=bot.app_id, value={"feedback": "up",
-                                                                             "message_id": user_message.pk}))
+    response = post(
+        client, bot, card_action_event(app_id=bot.app_id, value={"feedback": "up", "message_id": user_message.pk})
+    )
     assert response.json()["toast"]["type"] == "error"
     user_message.refresh_from_db()
     assert user_message.feedback == ""
@@ -444,5 +466,8 @@ def test_it_records_bot_added_without_welcome_when_the_binding_has_none(client, 
 def test_it_uses_the_tenant_of_the_bot_for_every_row(client, bot, binding, django_capture_on_commit_callbacks):
     AgentFactory()  # another tenant's agent exists; nothing must point at it
     deliver(client, bot, message_event(app_id=bot.app_id), django_capture_on_commit_callbacks)
-    assert {InboundEvent.objects.get().tenant_id, Message.objects.get().tenant_id,
-            Conversation.objects.get().tenant_id} == {bot.tenant_id}
+    assert {
+        InboundEvent.objects.get().tenant_id,
+        Message.objects.get().tenant_id,
+        Conversation.objects.get().tenant_id,
+    } == {bot.tenant_id}

@@ -12,12 +12,23 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser):
-        parser.add_argument("--bot", action="append", dest="app_ids", metavar="APP_ID", default=[],
-                            help="Only this bot (app_id); repeatable. Named bots are held whatever their mode.")
-        parser.add_argument("--grace", type=float, default=30.0,
-                            help="Seconds of silence tolerated beyond the server's ping interval (default 30)")
-        parser.add_argument("--refresh", type=float, default=30.0,
-                            help="Seconds between re-reading the bot list (default 30)")
+        parser.add_argument(
+            "--bot",
+            action="append",
+            dest="app_ids",
+            metavar="APP_ID",
+            default=[],
+            help="Only this bot (app_id); repeatable. Named bots are held whatever their mode.",
+        )
+        parser.add_argument(
+            "--grace",
+            type=float,
+            default=30.0,
+            help="Seconds of silence tolerated beyond the server's ping interval (default 30)",
+        )
+        parser.add_argument(
+            "--refresh", type=float, default=30.0, help="Seconds between re-reading the bot list (default 30)"
+        )
 
     def handle(self, *args, app_ids, grace, refresh, **options):
         supervisor = Supervisor(app_ids=app_ids, grace=grace, refresh=refresh)
