@@ -71,18 +71,19 @@ def turn_cancel(*, turn: Turn) -> bool:
     return bool(updated)
 
 
-def conversation_reset(*, conversation: Conversation) -> None:
-    """Start a new session: earlier messages and the summary are no longer replayed to the model."""
+def conversation_reset(*, conversation: Conversation, at=None) -> None:
+    """Start a new session: messages before ``at`` (default now) and the summary are not replayed."""
     from apps.runtime.memory import session_start
 
-    session_start(conversation=conversation, at=timezone.now())
+    session_start(conversation=conversation, at=at or timezone.now())
 
 
 def command_run(*, name: str, message: Message, notify: Callable[[str], None]) -> None:
     """Run a queued command (the runner holds the conversation); ``notify`` shows the reply."""
     conversation = message.conversation
     if name == "reset":
-        conversation_reset(conversation=conversation)
+        # From the command's own time: messages queued behind /reset belong to the new session.
+        conversation_reset(conversation=conversation, at=message.created_at)
         notify(RESET_TEXT)
     elif name == "help":
         notify(help_text())

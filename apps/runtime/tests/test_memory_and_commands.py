@@ -140,3 +140,16 @@ def test_estimate_tokens_counts_cjk_per_character():
     assert estimate_tokens("") == 0
     assert estimate_tokens("你好世界") == 4
     assert estimate_tokens("hello world!") == 3
+
+
+def test_a_message_queued_behind_reset_belongs_to_the_new_session(fake_llm, recorder, make_conversation):
+    fake_llm.default = Reply(text="A:{last_user}")
+    conversation = make_conversation()
+    ask(conversation, "before")
+    post(conversation, "/reset", enqueue=False)
+    post(conversation, "right after", enqueue=False)  # arrives before the runner handles /reset
+    conversation_process(conversation_id=conversation.pk)
+
+    ask(conversation, "next")
+
+    assert history_of(fake_llm.chat_requests()[-1]) == ["right after", "A:right after"]
