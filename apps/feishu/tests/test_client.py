@@ -212,7 +212,7 @@ def test_a_shared_cache_outage_costs_token_fetches_not_replies(feishu_bot, fake_
 
         set = delete = get
 
-    monkeypatch.setattr("apps.feishu.client.cache", DownCache())
+    monkeypatch.setattr("apps.feishu.client.transport.cache", DownCache())
     client = FeishuClient.for_bot(feishu_bot)
 
     reply(client, uuid="during-outage")

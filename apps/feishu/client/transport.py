@@ -1,22 +1,14 @@
-"""The one door to the Feishu Open API (DESIGN §5 invariant 6).
+"""The engine under FeishuClient: authentication, pooled HTTP, retries, rate limiting, logging.
 
-Every outbound call is built with lark-oapi's request builders and authenticated by lark-oapi's
-`verify()` / TokenManager, whose tenant token cache is swapped for the Django cache (Redis in real
-mode) through `ClientBuilder.cache(...)`, so all processes share one token per app. The built request
-is then sent here through a pooled `requests.Session` per base URL instead of lark's Transport, which
-opens a new connection (and TLS context) for every call.
-
-Around each call: the per-app rate limiter (apps.feishu.ratelimit), retries with exponential backoff
-and jitter on 429 / 99991400 (honouring `x-ogw-ratelimit-reset`), 5xx and timeouts, one token refresh
-on 99991661/99991663/99991664/99991668, no retry on permanent errors, and one structlog line per
-outcome carrying Feishu's log id.
+lark-oapi builds and authenticates each request (`verify()` / TokenManager, whose tenant token cache is
+swapped for the Django cache, Redis in real mode, through `ClientBuilder.cache(...)`); it is then sent
+here through a pooled `requests.Session` per base URL instead of lark's Transport, which opens a new
+connection (and TLS context) for every call.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 import mimetypes
 import os
 import random
@@ -33,37 +25,9 @@ import structlog
 import urllib3
 from django.conf import settings
 from django.core.cache import cache
-from lark_oapi.api.bitable.v1 import SearchAppTableRecordRequest, SearchAppTableRecordRequestBody
-from lark_oapi.api.cardkit.v1 import (
-    ContentCardElementRequest,
-    ContentCardElementRequestBody,
-    CreateCardRequest,
-    CreateCardRequestBody,
-    SettingsCardRequest,
-    SettingsCardRequestBody,
-)
-from lark_oapi.api.docx.v1 import RawContentDocumentRequest
-from lark_oapi.api.im.v1 import (
-    CreateFileRequest,
-    CreateFileRequestBody,
-    CreateImageRequest,
-    CreateImageRequestBody,
-    CreateMessageReactionRequest,
-    CreateMessageReactionRequestBody,
-    CreateMessageRequest,
-    CreateMessageRequestBody,
-    DeleteMessageReactionRequest,
-    Emoji,
-    GetMessageResourceRequest,
-    PatchMessageRequest,
-    PatchMessageRequestBody,
-    ReplyMessageRequest,
-    ReplyMessageRequestBody,
-)
-from lark_oapi.api.search.v2 import SearchDocWikiRequest, SearchDocWikiRequestBody
 from lark_oapi.core.cache import ICache
 from lark_oapi.core.const import AUTHORIZATION, CONTENT_TYPE
-from lark_oapi.core.enum import AccessTokenType, HttpMethod
+from lark_oapi.core.enum import AccessTokenType
 from lark_oapi.core.exception import NoAuthorizationException, ObtainAccessTokenException
 from lark_oapi.core.http.transport import _build_header, _build_url
 from lark_oapi.core.json import JSON
@@ -72,38 +36,23 @@ from lark_oapi.core.token import TokenManager, verify
 from lark_oapi.core.utils import Files
 from requests_toolbelt import MultipartEncoder
 
+from apps.feishu.client.errors import (
+    BAD_RESPONSE,
+    CARD_SEQUENCE_CONFLICT,
+    CHAT_RATE_LIMITED,
+    NETWORK_ERROR,
+    PERMANENT_ERRORS,
+    RATE_LIMITED,
+    TOKEN_ERRORS,
+    TOKEN_PERMANENT,
+    FeishuError,
+)
 from apps.feishu.ratelimit import rate_limiter
 
-logger = structlog.get_logger(__name__)
-
-# Feishu error codes (https://open.feishu.cn/document/server-docs/api-call-guide/generic-error-code)
-RATE_LIMITED = 99991400
-CHAT_RATE_LIMITED = 230020  # IM: sending to one chat too fast (about 5/s per chat); transient
-TOKEN_ERRORS = frozenset({99991661, 99991663, 99991664, 99991668})
-PERMANENT_ERRORS = frozenset({230001, 99991672, 99991676, 99991679})
-CARD_SEQUENCE_CONFLICT = 300317
-# Our own codes for failures that never reached a Feishu answer.
-NETWORK_ERROR = -1
-BAD_RESPONSE = -2
+logger = structlog.get_logger("apps.feishu.client")
 
 _MAX_HONOURED_RESET = 60.0  # never sleep longer than this on one x-ogw-ratelimit-reset
 _POOL_SIZE = 32
-
-
-class FeishuError(Exception):
-    """A Feishu call that failed for good: a permanent error, or a transient one after all retries."""
-
-    def __init__(self, code: int, msg: str, log_id: str = "", http_status: int = 0, retryable: bool = False) -> None:
-        super().__init__(code, msg, log_id, http_status, retryable)
-        self.code = code
-        self.msg = msg
-        self.log_id = log_id or ""
-        self.http_status = http_status
-        self.retryable = retryable
-
-    def __str__(self) -> str:
-        where = f"http {self.http_status}" if self.http_status else "no http answer"
-        return f"Feishu {self.code}: {self.msg} ({where}, log_id {self.log_id or '-'})"
 
 
 class DjangoTokenCache(ICache):
@@ -241,17 +190,11 @@ class _NamedBytes(io.BytesIO):
         self.name = name
 
 
-def _json_str(value: dict | str) -> str:
-    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-
-
-_clients: dict[tuple, FeishuClient] = {}
 _token_fetch_lock = threading.Lock()
-_clients_lock = threading.Lock()
 
 
-class FeishuClient:
-    """Feishu Open API for one app (bot). Build with `FeishuClient.for_bot(bot)`; thread-safe."""
+class FeishuTransport:
+    """Credentials, lark config and the call engine for one app; FeishuClient adds the API methods."""
 
     def __init__(self, *, app_id: str, app_secret: str, base_url: str, name: str = "") -> None:
         self.app_id = app_id
@@ -269,242 +212,6 @@ class FeishuClient:
             .build()
         )
         self._config = self.lark.config
-
-    @classmethod
-    def for_bot(cls, bot) -> FeishuClient:
-        """The client for `bot`, reused across calls (rebuilt when its credentials or base URL change)."""
-        secret_fp = hashlib.sha256(bot.app_secret.encode()).hexdigest()[:16]
-        key = (bot.pk, bot.app_id, secret_fp, bot.base_url)
-        client = _clients.get(key)
-        if client is None:
-            with _clients_lock:
-                if len(_clients) > 1000:
-                    _clients.clear()
-                client = _clients.setdefault(
-                    key, cls(app_id=bot.app_id, app_secret=bot.app_secret, base_url=bot.base_url, name=str(bot))
-                )
-        return client
-
-    # --- messages ----------------------------------------------------------------------------
-
-    def reply_message(
-        self, *, message_id: str, msg_type: str, content: dict | str, uuid: str, reply_in_thread: bool = False
-    ) -> str:
-        """Reply to `message_id`; returns the new message id. `uuid` makes a repeat a no-op at Feishu."""
-
-        def build() -> BaseRequest:
-            body = (
-                ReplyMessageRequestBody.builder()
-                .content(_json_str(content))
-                .msg_type(msg_type)
-                .reply_in_thread(reply_in_thread)
-                .uuid(uuid)
-                .build()
-            )
-            return ReplyMessageRequest.builder().message_id(message_id).request_body(body).build()
-
-        return self._call("im.message.reply", build).data["message_id"]
-
-    def send_message(
-        self, *, receive_id: str, receive_id_type: str, msg_type: str, content: dict | str, uuid: str
-    ) -> str:
-        """Send a new message to a chat or user; returns its message id."""
-
-        def build() -> BaseRequest:
-            body = (
-                CreateMessageRequestBody.builder()
-                .receive_id(receive_id)
-                .msg_type(msg_type)
-                .content(_json_str(content))
-                .uuid(uuid)
-                .build()
-            )
-            return CreateMessageRequest.builder().receive_id_type(receive_id_type).request_body(body).build()
-
-        return self._call("im.message.create", build).data["message_id"]
-
-    def patch_message(self, *, message_id: str, content: dict | str) -> None:
-        """Replace the card of an interactive message we sent (card needs `update_multi`)."""
-
-        def build() -> BaseRequest:
-            body = PatchMessageRequestBody.builder().content(_json_str(content)).build()
-            return PatchMessageRequest.builder().message_id(message_id).request_body(body).build()
-
-        self._call("im.message.patch", build)
-
-    # --- CardKit streaming cards ---------------------------------------------------------------
-
-    def card_create(self, *, card: dict | str) -> str:
-        """Create a CardKit card entity from card JSON 2.0; returns card_id."""
-
-        def build() -> BaseRequest:
-            body = CreateCardRequestBody.builder().type("card_json").data(_json_str(card)).build()
-            return CreateCardRequest.builder().request_body(body).build()
-
-        return self._call("cardkit.card.create", build).data["card_id"]
-
-    def card_element_content(
-        self, *, card_id: str, element_id: str, content: str, sequence: int, uuid: str = ""
-    ) -> None:
-        """Set the full text of a streaming element; `sequence` must grow strictly per card."""
-
-        def build() -> BaseRequest:
-            body = ContentCardElementRequestBody.builder().content(content).sequence(sequence)
-            if uuid:
-                body = body.uuid(uuid)
-            return (
-                ContentCardElementRequest.builder()
-                .card_id(card_id)
-                .element_id(element_id)
-                .request_body(body.build())
-                .build()
-            )
-
-        self._call("cardkit.card_element.content", build, sequenced=True)
-
-    def card_settings(self, *, card_id: str, settings: dict | str, sequence: int, uuid: str = "") -> None:
-        """Change card settings, e.g. `{"config": {"streaming_mode": false}}` to end streaming."""
-
-        def build() -> BaseRequest:
-            body = SettingsCardRequestBody.builder().settings(_json_str(settings)).sequence(sequence)
-            if uuid:
-                body = body.uuid(uuid)
-            return SettingsCardRequest.builder().card_id(card_id).request_body(body.build()).build()
-
-        self._call("cardkit.card.settings", build, sequenced=True)
-
-    # --- reactions, resources, uploads ----------------------------------------------------------
-
-    def reaction_add(self, *, message_id: str, emoji_type: str) -> str:
-        """Add a reaction (emoji_type is case-sensitive: `OnIt`, `THUMBSUP`, `DONE`); returns reaction_id."""
-
-        def build() -> BaseRequest:
-            body = (
-                CreateMessageReactionRequestBody.builder()
-                .reaction_type(Emoji.builder().emoji_type(emoji_type).build())
-                .build()
-            )
-            return CreateMessageReactionRequest.builder().message_id(message_id).request_body(body).build()
-
-        return self._call("im.message_reaction.create", build).data["reaction_id"]
-
-    def reaction_remove(self, *, message_id: str, reaction_id: str) -> None:
-        def build() -> BaseRequest:
-            return DeleteMessageReactionRequest.builder().message_id(message_id).reaction_id(reaction_id).build()
-
-        self._call("im.message_reaction.delete", build)
-
-    def resource_download(self, *, message_id: str, file_key: str, resource_type: str) -> bytes:
-        """Bytes of an image/file attached to a message (`resource_type`: image | file)."""
-
-        def build() -> BaseRequest:
-            return (
-                GetMessageResourceRequest.builder()
-                .message_id(message_id)
-                .file_key(file_key)
-                .type(resource_type)
-                .build()
-            )
-
-        return self._call("im.message_resource.get", build).content
-
-    def image_upload(self, *, data: bytes, name: str) -> str:
-        """Upload an image for sending in messages; returns image_key."""
-
-        def build() -> BaseRequest:
-            body = CreateImageRequestBody.builder().image_type("message").image(_NamedBytes(data, name)).build()
-            return CreateImageRequest.builder().request_body(body).build()
-
-        return self._call("im.image.create", build, multipart=True).data["image_key"]
-
-    def file_upload(self, *, data: bytes, name: str, file_type: str = "stream") -> str:
-        """Upload a file for sending in messages; returns file_key."""
-
-        def build() -> BaseRequest:
-            body = (
-                CreateFileRequestBody.builder()
-                .file_type(file_type)
-                .file_name(name)
-                .file(_NamedBytes(data, name))
-                .build()
-            )
-            return CreateFileRequest.builder().request_body(body).build()
-
-        return self._call("im.file.create", build, multipart=True).data["file_key"]
-
-    # --- bot and data APIs (tools) ---------------------------------------------------------------
-
-    def bot_info(self) -> dict:
-        """`GET /open-apis/bot/v3/info` → {"open_id", "app_name", ...} (the answer has no `data` key)."""
-
-        def build() -> BaseRequest:
-            return (
-                BaseRequest.builder()
-                .http_method(HttpMethod.GET)
-                .uri("/open-apis/bot/v3/info")
-                .token_types({AccessTokenType.TENANT})
-                .build()
-            )
-
-        return (self._call("bot.info", build).body or {}).get("bot") or {}
-
-    def bitable_record_search(
-        self,
-        *,
-        app_token: str,
-        table_id: str,
-        body: dict,
-        page_size: int = 20,
-        page_token: str = "",
-        user_access_token: str = "",
-    ) -> dict:
-        """Bitable record search; `body` is Feishu's (view_id, field_names, sort, filter). Returns `data`."""
-
-        def build() -> BaseRequest:
-            req = (
-                SearchAppTableRecordRequest.builder()
-                .app_token(app_token)
-                .table_id(table_id)
-                .page_size(page_size)
-                .request_body(SearchAppTableRecordRequestBody(body))
-            )
-            if page_token:
-                req = req.page_token(page_token)
-            return req.build()
-
-        return self._call("bitable.app_table_record.search", build, user_access_token=user_access_token).data
-
-    def doc_wiki_search(
-        self,
-        *,
-        query: str,
-        page_size: int = 10,
-        page_token: str = "",
-        doc_filter: dict | None = None,
-        wiki_filter: dict | None = None,
-        user_access_token: str = "",
-    ) -> dict:
-        """Search docs and wiki (`search.v2.doc_wiki.search`, a user-identity API). Returns `data`."""
-        payload: dict[str, Any] = {"query": query, "page_size": page_size}
-        if page_token:
-            payload["page_token"] = page_token
-        payload["doc_filter"] = doc_filter or {}
-        payload["wiki_filter"] = wiki_filter or {}
-
-        def build() -> BaseRequest:
-            return SearchDocWikiRequest.builder().request_body(SearchDocWikiRequestBody(dict(payload))).build()
-
-        return self._call("search.doc_wiki.search", build, user_access_token=user_access_token).data
-
-    def docx_raw_content(self, *, document_id: str, user_access_token: str = "") -> str:
-        """Plain text of a docx document."""
-
-        def build() -> BaseRequest:
-            return RawContentDocumentRequest.builder().document_id(document_id).lang(0).build()
-
-        return self._call("docx.document.raw_content", build, user_access_token=user_access_token).data.get(
-            "content", ""
-        )
 
     # --- the engine -------------------------------------------------------------------------------
 
@@ -537,7 +244,7 @@ class FeishuClient:
             except ObtainAccessTokenException as exc:
                 code = int(exc.code or BAD_RESPONSE)
                 error = FeishuError(
-                    code, f"tenant token: {exc.msg}", retryable=code == RATE_LIMITED or code not in _TOKEN_PERMANENT
+                    code, f"tenant token: {exc.msg}", retryable=code == RATE_LIMITED or code not in TOKEN_PERMANENT
                 )
             except NoAuthorizationException as exc:
                 error = FeishuError(BAD_RESPONSE, f"no credentials: {exc.msg}")
@@ -653,10 +360,6 @@ class FeishuClient:
         log_id = raw.headers.get("X-Tt-Logid") or ((body or {}).get("error") or {}).get("log_id") or ""
         token = (headers.get(AUTHORIZATION) or "").removeprefix("Bearer ")
         return FeishuResponse(raw.status_code, raw.headers, raw.content, body, log_id), token
-
-
-# token endpoint codes that will not get better by retrying (bad app id / secret)
-_TOKEN_PERMANENT = frozenset({10003, 10014, BAD_RESPONSE})
 
 
 def _never_sent(exc: BaseException) -> bool:
