@@ -103,3 +103,24 @@ def test_it_limits_bulk_actions_to_tenants_the_user_may_write(client, personas):
     client.post(url, {"action": "delete_selected", "_selected_action": [bot_a.pk, bot_b.pk], "post": "yes"})
     assert not type(bot_a).objects.filter(pk=bot_a.pk).exists()
     assert type(bot_b).objects.filter(pk=bot_b.pk).exists()
+
+
+def test_it_lists_every_tenant_section_on_the_index_for_a_member(client, personas):
+    client.force_login(personas.viewer_a)
+    page = client.get(reverse("admin:index")).content.decode()
+    for name in ("bots_bot", "agents_agent", "bindings_binding", "transcripts_conversation", "audit_auditlog"):
+        assert reverse(f"admin:{name}_changelist") in page
+    assert reverse("admin:auth_user_changelist") not in page  # Django's own models stay superuser business
+
+
+def test_every_admin_registered_app_model_is_covered_by_these_tests():
+    from django.contrib import admin
+
+    from omniagent.admin.options import TenantScopedAdmin
+    from tests.admin.conftest import SPECS
+
+    ours = {m._meta.label_lower for m, a in admin.site._registry.items() if m.__module__.startswith("apps.")}
+    assert ours == {s.label for s in SPECS}, "add an AdminSpec for each new admin (tests/admin/conftest.py)"
+    unscoped = [m for m, a in admin.site._registry.items() if m.__module__.startswith("apps.")
+                and not isinstance(a, TenantScopedAdmin)]  # fmt: skip
+    assert unscoped == [], "every app admin must derive from TenantScopedAdmin"
