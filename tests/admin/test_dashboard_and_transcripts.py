@@ -160,3 +160,16 @@ def test_it_lists_sends_with_their_delivery_status(client, personas, activity):
     page = client.get(reverse("admin:feishu_outboundmessage_changelist")).content.decode()
     assert '<td class="field-last_error">FeishuError 230002: bot not in chat</td>' in page
     assert '<td class="field-status">Failed</td>' in page and '<td class="field-attempts">4</td>' in page
+
+
+def test_it_builds_the_dashboard_in_a_bounded_number_of_queries(
+    client, personas, activity, django_assert_max_num_queries
+):
+    for _ in range(20):
+        BotFactory(tenant=personas.tenant_a)
+        TurnFactory(conversation=activity["conversation"], status=Turn.Status.FAILED, error_code="AGENT_002")
+        OutboundMessageFactory(bot=activity["bot"], status=OutboundMessage.Status.FAILED)
+    client.force_login(personas.owner_a)
+    with django_assert_max_num_queries(14):
+        response = client.get(reverse("admin:tenants_tenant_dashboard", args=[personas.tenant_a.pk]))
+    assert response.status_code == 200 and response.content.decode().count("AGENT_002") == 10
