@@ -218,17 +218,26 @@ def turn_run(*, message: Message, active: ActiveTurn, trace_id: str) -> Turn:
         )
 
     answer = state.visible if outcome != Turn.Status.SUCCEEDED else (state.visible or EMPTY_ANSWER)
-    with clock.stage("save"):
-        turn_save(
-            turn=turn,
-            message=message,
-            assistant=assistant,
-            state=state,
-            outcome=outcome,
-            error=error,
-            answer=answer,
-            started=started,
-        )
+    try:
+        with clock.stage("save"):
+            turn_save(
+                turn=turn,
+                message=message,
+                assistant=assistant,
+                state=state,
+                outcome=outcome,
+                error=error,
+                answer=answer,
+                started=started,
+            )
+    except Exception:
+        # The transcript could not be written (database gone): tell the user, free the message's
+        # reaction, and let the runner fail; the sweep re-runs the message once the DB is back.
+        logger.exception("turn.save_failed")
+        failed = responder or GuardedResponder(responder_for(ctx))
+        failed.on_error("AGENT_003", user_message("AGENT_003"))
+        failed.close()
+        raise
     with clock.stage("respond"):
         if responder is None:
             responder = GuardedResponder(responder_for(ctx))
@@ -470,7 +479,3 @@ def turn_save(
         )
         Conversation.objects.filter(pk=turn.conversation_id).update(last_activity_at=now)
     turn.status = outcome
-
-
-def error_text(code: str, **params: str) -> str:
-    return user_message(code, **params)

@@ -240,3 +240,27 @@ def test_the_in_process_runner_answers_an_enqueued_message(fake_llm, recorder, m
     wait_for(lambda: recorder.finals(conversation))
     wait_for(lambda: settled(conversation))
     assert recorder.finals(conversation) == ["via the thread pool"]
+
+
+def test_when_the_transcript_cannot_be_saved_the_user_is_told_and_the_message_retried_later(
+    fake_llm, recorder, make_conversation, monkeypatch
+):
+    fake_llm.script(Reply(text="unsaved"), Reply(text="saved on retry"))
+    conversation = make_conversation()
+    user = post(conversation, "hi", enqueue=False)
+
+    def broken_save(**kwargs):
+        raise RuntimeError("database went away")
+
+    with monkeypatch.context() as patch, pytest.raises(RuntimeError):
+        patch.setattr("apps.runtime.pipeline.turn_save", broken_save)
+        conversation_process(conversation_id=conversation.pk)
+
+    assert [e[0] for e in recorder.events(conversation)][-2:] == ["error", "close"]
+    assert not recorder.events(conversation, "final")
+    conversation.refresh_from_db()
+    user.refresh_from_db()
+    assert conversation.runner_token == "" and user.status == Message.Status.PROCESSING
+
+    conversation_process(conversation_id=conversation.pk)  # what the sweep does
+    assert recorder.finals(conversation) == ["saved on retry"], recorder.events(conversation)
