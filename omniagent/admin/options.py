@@ -78,7 +78,9 @@ class TenantScopedAdmin(_ScopingMixin, admin.ModelAdmin):
 
     form = TenantScopedModelForm
     tenant_lookup = "tenant"  # queryset path from this model to its tenant id
-    read_only = False  # True: nobody adds or changes rows here (transcripts, logs)
+    # True: nobody adds or changes rows here (transcripts, logs). Owners/admins may still delete them:
+    # a tenant can erase its own data, and deleting a bot must not be blocked by its event history.
+    read_only = False
     superuser_delete_only = False  # True: only superusers delete (e.g. whole tenants)
 
     def __init__(self, model, admin_site) -> None:
@@ -143,7 +145,7 @@ class TenantScopedAdmin(_ScopingMixin, admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
         access = tenant_access(request)
-        if self.read_only or self.superuser_delete_only:
+        if self.superuser_delete_only:
             return access.is_superuser
         return access.can_write_any if obj is None else access.can_write(self.tenant_id_of(obj))
 

@@ -124,3 +124,19 @@ def test_every_admin_registered_app_model_is_covered_by_these_tests():
     unscoped = [m for m, a in admin.site._registry.items() if m.__module__.startswith("apps.")
                 and not isinstance(a, TenantScopedAdmin)]  # fmt: skip
     assert unscoped == [], "every app admin must derive from TenantScopedAdmin"
+
+
+def test_it_lets_an_owner_delete_a_bot_with_history_and_audits_it(client, personas):
+    from apps.audit.models import AuditLog
+    from apps.bots.models import Bot
+    from tests.admin.factories import InboundEventFactory, OutboundMessageFactory
+    from tests.factories import BotFactory
+
+    bot = BotFactory(tenant=personas.tenant_a)
+    InboundEventFactory(bot=bot)
+    OutboundMessageFactory(bot=bot)
+    client.force_login(personas.owner_a)
+    response = client.post(reverse("admin:bots_bot_delete", args=[bot.pk]), {"post": "yes"})
+    assert response.status_code == 302
+    assert not Bot.objects.filter(pk=bot.pk).exists()
+    assert AuditLog.objects.get(action=AuditLog.Action.DELETE).object_id == str(bot.pk)
