@@ -264,3 +264,16 @@ def test_when_the_transcript_cannot_be_saved_the_user_is_told_and_the_message_re
 
     conversation_process(conversation_id=conversation.pk)  # what the sweep does
     assert recorder.finals(conversation) == ["saved on retry"], recorder.events(conversation)
+
+
+def test_the_demo_model_streams_and_calls_the_time_tool(fake_llm, recorder, make_conversation):
+    conversation = make_conversation()  # no script: the fake runs its demo
+    post(conversation, "现在几点？", enqueue=False)
+
+    conversation_process(conversation_id=conversation.pk)
+
+    (tool_start,) = recorder.events(conversation, "tool_start")
+    assert tool_start[1][0] == "time.now"
+    (final,) = recorder.finals(conversation)
+    assert "Asia/Shanghai" in final and "离线演示模型" in final
+    assert len(recorder.events(conversation, "text")) > 5
