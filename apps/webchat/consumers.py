@@ -43,6 +43,7 @@ logger = structlog.get_logger(__name__)
 
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
+STOP_RETRIES, STOP_RETRY_DELAY = 10, 0.1
 
 
 def _bad_request(message: str) -> Error:
@@ -125,6 +126,11 @@ class WebChatConsumer(AsyncJsonWebsocketConsumer):
 
     async def _on_stop(self) -> None:
         result = await database_sync_to_async(services.webchat_turn_stop)(conversation=self.conversation)
+        for _ in range(STOP_RETRIES):
+            if not result.turn_starting:
+                break
+            await asyncio.sleep(STOP_RETRY_DELAY)
+            result = await database_sync_to_async(services.webchat_turn_stop)(conversation=self.conversation)
         if result.dropped_message_ids and not result.turn_ids:
             # Nothing was running yet, so no responder will say "cancelled": say it here.
             await self._publish(Cancelled(type="cancelled", turn_id=None))

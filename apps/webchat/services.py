@@ -93,6 +93,8 @@ def webchat_message_send(*, user, agent: Agent, conversation: Conversation, text
 class StopResult:
     turn_ids: list[int] = field(default_factory=list)
     dropped_message_ids: list[int] = field(default_factory=list)
+    # A runner has claimed a message but not created its turn yet (a few ms): ask again shortly.
+    turn_starting: bool = False
 
     @property
     def stopped_anything(self) -> bool:
@@ -123,6 +125,12 @@ def webchat_turn_stop(*, conversation: Conversation) -> StopResult:
             result.dropped_message_ids = list(
                 Message.objects.filter(pk__in=waiting_ids, status=Message.Status.CANCELLED).values_list("pk", flat=True)
             )
+    if not result.turn_ids:
+        result.turn_starting = (
+            Message.objects.for_tenant(conversation.tenant_id)
+            .filter(conversation=conversation, role=Message.Role.USER, status=Message.Status.PROCESSING, turn=None)
+            .exists()
+        )
     logger.info(
         "webchat.stop", conversation_id=conversation.pk, turns=result.turn_ids, dropped=result.dropped_message_ids
     )

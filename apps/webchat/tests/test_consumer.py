@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
@@ -210,3 +212,37 @@ async def test_stop_before_any_turn_drops_the_waiting_message_and_says_cancelled
     message = await Message.objects.aget(pk=echo["message_id"])
     assert message.status == Message.Status.CANCELLED
     assert not await Turn.objects.filter(conversation_id=message.conversation_id).aexists()
+
+
+async def test_stop_right_after_a_runner_claimed_the_message_still_cancels_its_turn(personas, agent_a, monkeypatch):
+    """The gap between "message claimed" and "turn created": Stop asks again instead of saying nothing ran."""
+    monkeypatch.setattr("apps.runtime.dispatch._send", lambda conversation_id: None)
+    cancelled: list[int] = []
+    monkeypatch.setattr("apps.runtime.services.turn_cancel", lambda *, turn: cancelled.append(turn.pk) or True)
+    cookie = await sync_to_async(session_cookie)(personas.owner_a)
+    communicator = ws(agent_a.pk, cookie)
+    await communicator.connect()
+    await communicator.receive_json_from(timeout=3)
+    await communicator.send_json_to({"type": "message", "text": "question"})
+    echo = await communicator.receive_json_from(timeout=3)
+    message = await Message.objects.aget(pk=echo["message_id"])
+    # A runner claims the message; its turn row appears a moment later.
+    await Message.objects.filter(pk=message.pk).aupdate(status=Message.Status.PROCESSING)
+
+    async def turn_appears():
+        await asyncio.sleep(0.25)
+        turn = await Turn.objects.acreate(
+            tenant_id=message.tenant_id,
+            conversation_id=message.conversation_id,
+            status=Turn.Status.RUNNING,
+            trace_id="t",
+        )
+        await Message.objects.filter(pk=message.pk).aupdate(turn=turn)
+        return turn
+
+    appearing = asyncio.create_task(turn_appears())
+    await communicator.send_json_to({"type": "stop"})
+    turn = await appearing
+    assert await communicator.receive_nothing(timeout=1.5)  # no premature "nothing to stop"
+    await communicator.disconnect()
+    assert cancelled == [turn.pk]
