@@ -19,6 +19,7 @@ from omniagent.admin.access import tenant_access
 from omniagent.admin.options import TenantScopedAdmin, TenantScopedInline
 
 API_KEY_PREFIX_LENGTH = 8  # same as provisioning, so keys look alike wherever they were made
+_NEW_KEY_ATTR = "_omniagent_new_api_key_shown"
 
 
 def api_key_generate() -> str:
@@ -110,6 +111,21 @@ class ApiKeyAdmin(TenantScopedAdmin):
                 ),
                 messages.WARNING,
             )
+            setattr(request, _NEW_KEY_ATTR, True)
+
+    def response_add(self, request: HttpRequest, obj: ApiKey, post_url_continue=None):
+        if not getattr(request, _NEW_KEY_ATTR, False):
+            return super().response_add(request, obj, post_url_continue)
+        # Answer with a page instead of the usual redirect: the message carrying the key is shown
+        # and consumed by this very response, so it is never stored in a cookie or the session.
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "API key created",
+            "subtitle": None,
+            "opts": self.opts,
+            "original": obj,
+        }
+        return TemplateResponse(request, "admin/tenants/apikey/created.html", context)
 
     @admin.action(description="Revoke selected keys", permissions=["change"])
     def revoke(self, request: HttpRequest, queryset):

@@ -22,15 +22,17 @@ def _table(name: str) -> str:
 def test_it_shows_a_new_key_once_and_stores_only_its_hash(client, personas):
     client.force_login(personas.owner_a)
     response = client.post(
-        reverse("admin:tenants_apikey_add"),
-        {"tenant": personas.tenant_a.pk, "name": "crm", "scopes": "[]"},
-        follow=True,
+        reverse("admin:tenants_apikey_add"), {"tenant": personas.tenant_a.pk, "name": "crm", "scopes": "[]"}
     )
     assert response.status_code == 200
     shown = RAW_KEY.findall(response.content.decode())
     assert len(shown) == 1
     raw = shown[0]
     assert len(raw) >= 32
+    # Shown in this response only: not parked in the messages cookie or the session for later.
+    stored_messages = response.cookies.get("messages")
+    assert stored_messages is None or stored_messages.value == ""
+    assert raw not in _table("django_session")
 
     key = ApiKey.objects.get()
     assert (key.tenant, key.name, key.key_hash, key.prefix) == (personas.tenant_a, "crm", hash_api_key(raw), raw[:8])
