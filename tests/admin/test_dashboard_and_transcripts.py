@@ -73,7 +73,13 @@ def test_it_answers_another_tenants_dashboard_like_a_missing_one(client, persona
 
 def test_it_renders_a_conversation_as_a_chat(client, personas, activity):
     conversation = activity["conversation"]
-    turn = TurnFactory(conversation=conversation, trace_id="trace-chat-0001", duration_ms=2345, first_token_ms=410)
+    turn = TurnFactory(
+        conversation=conversation,
+        trace_id="trace-chat-0001",
+        duration_ms=2345,
+        first_token_ms=410,
+        timings={"restore": 3, "build": 5, "run": 2300},
+    )
     LLMCallFactory(turn=turn, input_tokens=300, output_tokens=42)
     MessageFactory(conversation=conversation, turn=turn, role=Message.Role.USER, content="How many open cases?")
     MessageFactory(
@@ -111,6 +117,7 @@ def test_it_renders_a_conversation_as_a_chat(client, personas, activity):
     assert page.count('data-role="assistant"') == 2
     assert "first token 410 ms" in page and "2345 ms" in page and "tokens 300 in / 42 out" in page
     assert "trace-chat-0001" in page and "👍" in page and "ou_lawyer" in page
+    assert all(stage in page for stage in ("restore 3 ms", "build 5 ms", "run 2300 ms"))
 
 
 def _fake_outbound_module(monkeypatch, calls: list):
