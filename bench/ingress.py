@@ -107,12 +107,25 @@ def prepare_database() -> None:
     redis.Redis.from_url(REDIS).flushdb()
 
 
-def start_server(workers: int) -> subprocess.Popen:
+def fast_app():
+    """uvicorn --factory target: omniagent.asgi:application with the webhook fast path in front
+    (apps.feishu.views.webhook_fast_path), i.e. the proposed omniagent/asgi.py."""
+    import django
+
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "omniagent.settings")
+    django.setup()
+    from apps.feishu.views import webhook_fast_path
+    from omniagent.asgi import application
+
+    return webhook_fast_path(application)
+
+
+def start_server(workers: int, app: str) -> subprocess.Popen:
     args = [
         sys.executable,
         "-m",
         "uvicorn",
-        "omniagent.asgi:application",
+        *(["bench.ingress:fast_app", "--factory"] if app == "fast" else [app]),
         "--host",
         "127.0.0.1",
         "--port",
@@ -355,7 +368,7 @@ def main() -> None:
 
     prepare_database()
     quiet = wait_quiet(0.3, args.wait_quiet) if args.wait_quiet > 0 else None
-    server = start_server(args.workers)
+    server = start_server(args.workers, args.app)
     try:
         result = asyncio.run(bench(args, server.pid))
     finally:
@@ -379,6 +392,7 @@ def main() -> None:
         setup={
             "busy_cores_before_start": quiet,
             "uvicorn_workers": args.workers,
+            "app": args.app,
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
             "server": "uvicorn uvloop httptools",

@@ -9,12 +9,15 @@ A database that cannot be reached is a 503, so Feishu delivers the event again l
 from __future__ import annotations
 
 import json
+import re
 import time
+from collections.abc import Mapping
 
 import structlog
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
-from django.db import InterfaceError, OperationalError
+from django.db import InterfaceError, OperationalError, close_old_connections
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
@@ -35,14 +38,17 @@ logger = structlog.get_logger(__name__)
 DB_DOWN = (OperationalError, InterfaceError, PoolTimeout)
 
 
-def _reject(status: int, reason: str, *, app_id: str, code: str = "") -> JsonResponse:
+Answer = tuple[int, dict]  # HTTP status, JSON body
+
+
+def _reject(status: int, reason: str, *, app_id: str, code: str = "") -> Answer:
     log = logger.warning if status < 500 else logger.error
     log("feishu.webhook_rejected", app_id=app_id[:64], status=status, reason=reason, code=code or None)
     INBOUND_EVENTS.labels(source="webhook", outcome=f"rejected_{status}").inc()
     body = {"error": reason}
     if code:
         body["code"] = code
-    return JsonResponse(body, status=status)
+    return status, body
 
 
 def _body(request: HttpRequest, limit: int) -> bytes | None:
@@ -66,20 +72,28 @@ def _token_of(payload: dict) -> object:
     return payload.get("token")
 
 
-@csrf_exempt  # Feishu cannot send a CSRF token; requests are authenticated by signature / token instead
-@require_POST
-def feishu_webhook(request: HttpRequest, app_id: str) -> JsonResponse:
-    body = _body(request, settings.FEISHU_WEBHOOK_MAX_BYTES)
+def webhook_answer(*, app_id: str, body: bytes | None, headers: Mapping[str, str]) -> Answer:
+    """Everything the webhook does, independent of the HTTP layer. `body` None means too large;
+    `headers` are looked up in lower case."""
     if body is None:
         return _reject(413, f"body larger than {settings.FEISHU_WEBHOOK_MAX_BYTES} bytes", app_id=app_id)
     try:
-        return _handle(request, app_id, body)
+        return _handle(headers, app_id, body)
     except DB_DOWN as exc:
         logger.error("feishu.webhook_db_unavailable", app_id=app_id[:64], error=type(exc).__name__)
         INBOUND_EVENTS.labels(source="webhook", outcome="rejected_503").inc()
-        return JsonResponse({"error": "database unavailable, retry later"}, status=503)
+        return 503, {"error": "database unavailable, retry later"}
     except RetryLater as exc:
         return _reject(503, str(exc), app_id=app_id)
+
+
+@csrf_exempt  # Feishu cannot send a CSRF token; requests are authenticated by signature / token instead
+@require_POST
+def feishu_webhook(request: HttpRequest, app_id: str) -> JsonResponse:
+    status, answer = webhook_answer(
+        app_id=app_id, body=_body(request, settings.FEISHU_WEBHOOK_MAX_BYTES), headers=request.headers
+    )
+    return JsonResponse(answer, status=status, json_dumps_params={"ensure_ascii": False})
 
 
 # Each webhook needs its bot's keys; loading them is a query plus decryption of two secrets. Keep
@@ -115,7 +129,7 @@ def _bot_for(app_id: str) -> Bot | None:
     return bot
 
 
-def _handle(request: HttpRequest, app_id: str, body: bytes) -> JsonResponse:
+def _handle(headers: Mapping[str, str], app_id: str, body: bytes) -> Answer:
     bot = _bot_for(app_id)
     if bot is None:
         return _reject(404, "unknown app_id", app_id=app_id)
@@ -141,9 +155,9 @@ def _handle(request: HttpRequest, app_id: str, body: bytes) -> JsonResponse:
             return _reject(400, "decrypted body is not a JSON object", app_id=app_id)
 
     is_challenge = payload.get("type") == "url_verification"
-    timestamp = request.headers.get("X-Lark-Request-Timestamp", "")
-    nonce = request.headers.get("X-Lark-Request-Nonce", "")
-    signature = request.headers.get("X-Lark-Signature", "")
+    timestamp = headers.get("x-lark-request-timestamp", "")
+    nonce = headers.get("x-lark-request-nonce", "")
+    signature = headers.get("x-lark-signature", "")
     # Feishu signs event pushes when an encrypt key is set; the URL challenge may come unsigned and is
     # then protected by the verification token alone (it has no side effect).
     must_sign = bool(bot.encrypt_key) and (bool(signature) or not is_challenge)
@@ -171,7 +185,7 @@ def _handle(request: HttpRequest, app_id: str, body: bytes) -> JsonResponse:
         challenge = payload.get("challenge")
         if not isinstance(challenge, str):
             return _reject(400, "challenge missing", app_id=app_id)
-        return JsonResponse({"challenge": challenge})
+        return 200, {"challenge": challenge}
 
     if payload.get("schema") != "2.0":
         return _reject(400, "unsupported schema (only 2.0 events)", app_id=app_id)
@@ -183,4 +197,80 @@ def _handle(request: HttpRequest, app_id: str, body: bytes) -> JsonResponse:
         result = event_ingest(bot=bot, payload=payload, source=InboundEvent.Source.WEBHOOK)
     except InvalidEvent as exc:
         return _reject(400, str(exc), app_id=app_id)
-    return JsonResponse(result.response, json_dumps_params={"ensure_ascii": False})
+    return 200, result.response
+
+
+# --- lean ASGI path ----------------------------------------------------------------------------
+# Under ASGI, Django runs every MiddlewareMixin middleware's process_request/process_response through
+# sync_to_async: about a dozen thread hops per request, most of the webhook's CPU. The webhook needs no
+# middleware (no session, user, CSRF, messages or frame options), so `webhook_fast_path(app)` answers
+# POST /webhooks/feishu/<app_id>/ directly with the same `webhook_answer` and hands every other request
+# to `app`. The Django view above stays the reference path (and serves the test client).
+
+_WEBHOOK_PATH = re.compile(r"^/webhooks/feishu/(?P<app_id>[^/]+)/$")
+
+
+def _answer_in_worker(app_id: str, body: bytes | None, headers: dict[str, str]) -> Answer:
+    # No request_started/finished signals here: hand the DB connection back to the pool ourselves.
+    close_old_connections()
+    try:
+        return webhook_answer(app_id=app_id, body=body, headers=headers)
+    finally:
+        close_old_connections()
+
+
+_answer_async = sync_to_async(_answer_in_worker, thread_sensitive=False)
+
+
+async def _read_body(receive, limit: int) -> bytes | None:
+    chunks, size, more = [], 0, True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ConnectionAbortedError
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        more = message.get("more_body", False)
+    return b"".join(chunks)
+
+
+async def _send_json(send, status: int, body: dict, extra: list | None = None) -> None:
+    data = json.dumps(body, ensure_ascii=False).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers + (extra or [])})
+    await send({"type": "http.response.body", "body": data})
+
+
+async def _webhook_asgi(scope, receive, send, app_id: str) -> None:
+    if scope["method"] != "POST":
+        await _send_json(send, 405, {"error": "method not allowed"}, [(b"allow", b"POST")])
+        return
+    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+    limit = settings.FEISHU_WEBHOOK_MAX_BYTES
+    try:
+        declared = int(headers.get("content-length") or 0)
+    except ValueError:
+        declared = 0
+    try:
+        body = None if declared > limit else await _read_body(receive, limit)
+    except ConnectionAbortedError:
+        return
+    status, answer = await _answer_async(app_id, body, headers)
+    await _send_json(send, status, answer)
+
+
+def webhook_fast_path(app):
+    """Wrap an ASGI app so Feishu webhooks skip Django's middleware stack (see above)."""
+
+    async def router(scope, receive, send):
+        if scope["type"] == "http":
+            match = _WEBHOOK_PATH.match(scope["path"])
+            if match:
+                await _webhook_asgi(scope, receive, send, match["app_id"])
+                return
+        await app(scope, receive, send)
+
+    return router
