@@ -96,7 +96,15 @@ class Message(TenantOwnedModel):
                 name="message_unique_inbound_per_bot",
             )
         ]
-        indexes = [models.Index(fields=["conversation", "status", "id"])]
+        indexes = [
+            models.Index(fields=["conversation", "status", "id"]),
+            # The runtime's sweep looks for unanswered user messages across all conversations.
+            models.Index(
+                fields=["created_at"],
+                name="message_unanswered_idx",
+                condition=Q(role="user", status__in=["pending", "processing"]),
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.role}: {self.content[:60]}"
