@@ -121,7 +121,8 @@ def _feedback_button(kind: str, label: str, message_id: int) -> dict[str, Any]:
 class _Card:
     card_id: str
     sequence: int = 0
-    shown: str = ""
+    shown: str = ""  # the element's content as Feishu has it
+    text: str = ""  # the part of the answer that content holds (without the tool line)
     closed: bool = False
     broken: bool = False
 
@@ -187,7 +188,7 @@ class FeishuResponder(Responder):
             return f"{segment}\n\n{self.status_line}" if segment.strip() else self.status_line
         return segment
 
-    def _open(self, content: str, *, streaming: bool = True) -> bool:
+    def _open(self, content: str, *, text: str | None = None, streaming: bool = True) -> bool:
         try:
             card_id = self.client.card_create(
                 card=card_json(content=content, message_id=self.ctx.assistant_message_id, streaming=streaming)
@@ -201,11 +202,11 @@ class FeishuResponder(Responder):
             self.cardkit_failed = True
             return False
         self.cards_shown += 1
-        self.card = _Card(card_id=card_id, shown=content, closed=not streaming)
+        self.card = _Card(card_id=card_id, shown=content, text=content if text is None else text, closed=not streaming)
         self.last_push = time.monotonic()
         return True
 
-    def _update(self, content: str) -> bool:
+    def _update(self, content: str, *, text: str | None = None) -> bool:
         card = self.card
         if card is None or card.broken or card.closed or content == card.shown:
             return card is not None and not card.broken
@@ -229,6 +230,7 @@ class FeishuResponder(Responder):
                 card.broken = True
                 return False
         card.shown = content
+        card.text = content if text is None else text
         self.last_push = time.monotonic()
         return True
 
@@ -270,18 +272,19 @@ class FeishuResponder(Responder):
         self._roll_over()
         if self.cardkit_failed:
             return
-        view = self._view(self._segment())
+        segment = self._segment()
+        view = self._view(segment)
         if not view.strip():
             return
         if self.card is None:
-            self._open(view)
+            self._open(view, text=segment if view.startswith(segment) else "")
             return
         wait = THROTTLE_SECONDS - (time.monotonic() - self.last_push)
         if wait > 0:
             if not force:
                 return
             time.sleep(wait)
-        self._update(view)
+        self._update(view, text=segment if view.startswith(segment) else "")
 
     def _finish(self, text: str, note: str = "") -> None:
         """Show ``text`` (the whole answer) plus ``note`` and close the card; fall back to plain messages."""
@@ -301,10 +304,12 @@ class FeishuResponder(Responder):
                 wait = THROTTLE_SECONDS - (time.monotonic() - self.last_push)
                 if wait > 0:
                     time.sleep(wait)
+                shown = self.card.text
                 if not self._update(final):
-                    # The live card is stuck on an older text: send what it cannot show.
+                    # The live card is stuck on an older text: send only what it does not show.
                     self._close()
-                    self._plain(final, first_part=f"rest{self.cards_shown}")
+                    rest = final[len(shown) :] if shown.strip() and final.startswith(shown) else final
+                    self._plain(("…" + rest) if rest is not final else rest, first_part=f"rest{self.cards_shown}")
                     return
                 self._close()
             if not self.cardkit_failed:

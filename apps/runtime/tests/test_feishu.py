@@ -199,3 +199,19 @@ def test_split_text_keeps_code_blocks_valid():
     for part in parts:
         assert part.count("```") % 2 == 0, part[:80]
     assert all(len(p) <= 1000 + 4 for p in parts)
+
+
+def test_when_card_updates_fail_the_rest_follows_as_text_without_repeating(fake_llm, fake_feishu, feishu_conversation):  # noqa: F811
+    fake_feishu.inject_error(230001, path=r"/elements/answer/content$")
+    answer = "第一句话已经显示在卡片上。" + "后面的内容卡片无法更新，所以单独发送。" * 3
+    fake_llm.script(Reply(text=answer, token_delay=0.05, chunk_chars=6))
+    feishu_post(feishu_conversation, "hi")
+
+    conversation_process(conversation_id=feishu_conversation.pk)
+
+    (card_message,) = cards(fake_feishu)
+    on_card = fake_feishu.card(card_message["card_id"])["elements"]["answer"]["content"]
+    (plain,) = [m for m in fake_feishu.messages if m["msg_type"] == "post"]
+    rest = plain["content"]["zh_cn"]["content"][0][0]["text"]
+    assert on_card and answer.startswith(on_card)
+    assert rest == "…" + answer[len(on_card) :]  # together exactly the answer, nothing twice
