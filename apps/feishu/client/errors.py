@@ -19,14 +19,18 @@ TOKEN_PERMANENT = frozenset({10003, 10014, BAD_RESPONSE})
 class FeishuError(Exception):
     """A Feishu call that failed for good: a permanent error, or a transient one after all retries."""
 
-    def __init__(self, code: int, msg: str, log_id: str = "", http_status: int = 0, retryable: bool = False) -> None:
+    def __init__(
+        self, code: int, msg: str, log_id: str = "", http_status: int = 0, retryable: bool = False, attempts: int = 1
+    ) -> None:
         super().__init__(code, msg, log_id, http_status, retryable)
         self.code = code
         self.msg = msg
         self.log_id = log_id or ""
         self.http_status = http_status
         self.retryable = retryable
+        self.attempts = attempts  # HTTP attempts made, retries included
 
     def __str__(self) -> str:
         where = f"http {self.http_status}" if self.http_status else "no http answer"
-        return f"Feishu {self.code}: {self.msg} ({where}, log_id {self.log_id or '-'})"
+        tries = f", {self.attempts} attempts" if self.attempts > 1 else ""
+        return f"Feishu {self.code}: {self.msg} ({where}, log_id {self.log_id or '-'}{tries})"

@@ -295,6 +295,7 @@ class FeishuTransport:
                     code, resp.msg or f"http {resp.http_status}", resp.log_id, resp.http_status, retryable
                 )
 
+            error.attempts = attempt
             if not error.retryable or retries >= max_retries:
                 logger.error(
                     "feishu.call", op=op, app_id=self.app_id, outcome="failed", code=error.code, msg=error.msg,

@@ -126,8 +126,9 @@ def test_it_gives_up_after_the_configured_retries(client, fake_feishu, settings)
     with pytest.raises(FeishuError) as failure:
         reply(client)
 
-    assert (failure.value.http_status, failure.value.retryable) == (502, True)
+    assert (failure.value.http_status, failure.value.retryable, failure.value.attempts) == (502, True, 3)
     assert len(fake_feishu.requests_to(REPLY_PATH)) == 3
+    assert str(failure.value).endswith(", 3 attempts)")
 
 
 def test_a_timed_out_send_is_retried_and_feishu_keeps_one_message(client, fake_feishu, settings):

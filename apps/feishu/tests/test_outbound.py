@@ -130,6 +130,19 @@ def test_bad_content_fails_visibly_without_retry_and_can_be_retried_later(feishu
     assert [r.json["uuid"] for r in fake_feishu.requests_to(REPLY_PATH)] == [uuid, uuid]
 
 
+def test_a_send_failing_after_all_retries_shows_why_in_the_row(feishu_bot, fake_feishu, settings):
+    settings.FEISHU_MAX_RETRIES = 1
+    fake_feishu.inject_server_error(times=5, status=503, path=REPLY_PATH)
+
+    row = send_reply(feishu_bot, uuid=outbound_uuid("om_inbound_1", 0))
+
+    row.refresh_from_db()
+    assert row.status == OutboundMessage.Status.FAILED
+    assert "http 503" in row.last_error and "2 attempts" in row.last_error
+    assert len(fake_feishu.requests_to(REPLY_PATH)) == 2
+    assert fake_feishu.messages == []
+
+
 def test_a_send_whose_answer_was_lost_is_retried_without_a_duplicate(feishu_bot, fake_feishu, settings):
     settings.FEISHU_HTTP_TIMEOUT = 1
     settings.FEISHU_MAX_RETRIES = 0
