@@ -104,6 +104,15 @@ def _claim_next(*, conversation_id: int) -> int | None:
         # Someone took it (a /stop claimed by another caller): look again.
 
 
+def stop_commands_handle(*, conversation_id: int) -> None:
+    """Act on pending /stop messages now: cancel what runs, drop what waits, say so.
+
+    The runner does this itself when an enqueue finds the conversation busy; an entry point may also
+    call it directly (on commit) so /stop does not wait for a free worker thread when all are busy.
+    """
+    _busy(conversation_id=conversation_id)
+
+
 def _busy(*, conversation_id: int) -> None:
     """Another runner owns the conversation: act on /stop now instead of queueing it behind the turn."""
     for message, stopped_turn, dropped in stop_commands_take(conversation_id=conversation_id):

@@ -282,3 +282,18 @@ def test_queued_messages_with_attachments_reach_the_model_described(fake_llm, re
     conversation_process(conversation_id=conversation.pk)
 
     assert fake_llm.chat_requests()[0].messages[-1]["content"] == "看看这个\n[文件：合同.pdf]"
+
+
+def test_stop_fast_path_cancels_without_a_free_runner(fake_llm, recorder, make_conversation):
+    from apps.runtime.services import stop_commands_handle
+
+    fake_llm.script(Reply(text="字" * 300, token_delay=0.1, chunk_chars=1))
+    conversation = make_conversation()
+    post(conversation, "long answer please")
+    wait_for(lambda: recorder.events(conversation, "text"))
+    post(conversation, "/stop", enqueue=False)  # as if every worker thread were busy
+
+    stop_commands_handle(conversation_id=conversation.pk)
+
+    wait_for(lambda: recorder.events(conversation, "cancelled"), timeout=5)
+    wait_for(lambda: settled(conversation))
