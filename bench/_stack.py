@@ -160,36 +160,51 @@ def _tree_jiffies(pid: int) -> int:
     return total
 
 
+def _own_jiffies() -> int:
+    with open(f"/proc/{os.getpid()}/stat") as f:
+        after = f.read().rsplit(")", 1)[1].split()
+    return int(after[11]) + int(after[12])
+
+
 @dataclass
 class CpuWindow:
-    """CPU used during a window, in cores: by the benchmark's own processes and by everything else.
+    """CPU used during a window, in cores: per child process tree, by this process, and by everything
+    else on the machine. The machine may be shared (other test runs); ``others_cores`` says how much
+    they took, so a figure measured under someone else's load can be recognised as such."""
 
-    The machine may be shared (other test runs); ``others_cores`` says how much they took, so a
-    figure measured under someone else's load can be recognised as such."""
-
-    pids: list[int]
+    procs: dict[str, int]  # name -> pid of a child whose whole tree is measured
     seconds: float = 0.0
+    cpu_seconds: dict[str, float] = field(default_factory=dict)
     ours_cores: float = 0.0
     others_cores: float = 0.0
-    _start: tuple[float, int, int] | None = None
+    _start: tuple[float, int, dict[str, int]] | None = None
 
-    def _ours(self) -> int:
-        return sum(_tree_jiffies(p) for p in self.pids)
+    def _read(self) -> dict[str, int]:
+        values = {name: _tree_jiffies(pid) for name, pid in self.procs.items()}
+        values["bench driver"] = _own_jiffies()
+        return values
 
     def __enter__(self) -> CpuWindow:
-        self._start = (time.monotonic(), _machine_busy_jiffies(), self._ours())
+        self._start = (time.monotonic(), _machine_busy_jiffies(), self._read())
         return self
 
     def __exit__(self, *exc: object) -> None:
         t0, busy0, ours0 = self._start
         self.seconds = time.monotonic() - t0
         busy = (_machine_busy_jiffies() - busy0) / CLK_TCK
-        ours = (self._ours() - ours0) / CLK_TCK
+        now = self._read()
+        self.cpu_seconds = {name: round((now[name] - ours0.get(name, 0)) / CLK_TCK, 2) for name in now}
+        ours = sum(self.cpu_seconds.values())
         self.ours_cores = round(ours / self.seconds, 2)
         self.others_cores = round(max(0.0, busy - ours) / self.seconds, 2)
 
     def as_dict(self) -> dict:
-        return {"seconds": round(self.seconds, 1), "ours_cores": self.ours_cores, "others_cores": self.others_cores}
+        return {
+            "seconds": round(self.seconds, 1),
+            "ours_cores": self.ours_cores,
+            "others_cores": self.others_cores,
+            "cpu_seconds": self.cpu_seconds,
+        }
 
 
 def machine_busy_cores(seconds: float = 2.0) -> float:
@@ -461,7 +476,7 @@ class Stack:
 
     def cpu_window(self) -> CpuWindow:
         """Measure CPU over a block: this process and every child count as "ours"."""
-        return CpuWindow([os.getpid()] + [p.popen.pid for p in self.procs])
+        return CpuWindow({p.name: p.popen.pid for p in self.procs})
 
     def check_alive(self) -> None:
         for proc in self.procs:

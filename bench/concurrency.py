@@ -389,6 +389,22 @@ def phase_overhead(stack: Stack, feishu: FakeFeishuProc, *, web_url: str, m: int
     return result
 
 
+def cpu_per_conversation(cpu, n: int) -> dict:
+    """CPU milliseconds each conversation cost web and worker: what bounds throughput on 2 cores."""
+    secs = cpu.cpu_seconds
+    fakes = sum(v for k, v in secs.items() if k.startswith("fake-"))
+    per = {
+        "web": round(1000 * secs.get("web", 0) / n, 1),
+        "worker": round(1000 * secs.get("worker", 0) / n, 1),
+        "fakes": round(1000 * fakes / n, 1),
+    }
+    platform_seconds = secs.get("web", 0) + secs.get("worker", 0) + secs.get("beat", 0)
+    return {
+        "cpu_ms_per_conversation": per,
+        "cpu_floor_s": round(platform_seconds / (os.cpu_count() or 1), 2),
+    }
+
+
 def _count(values) -> dict:
     counts: dict = defaultdict(int)
     for v in values:
@@ -445,6 +461,12 @@ def markdown(report: dict) -> str:
             f"per message, send → answer complete p50 {a['p50']} ms / p99 {a['p99']} ms / max {a['max']} ms; "
             f"turn statuses {c['turn_statuses']}; turns saved {c['turns_finished_after_last_send_s']} s after the "
             f"last send; CPU {c['cpu']['ours_cores']} cores ours, {c['cpu']['others_cores']} cores other processes."
+        )
+        per = c["cpu_ms_per_conversation"]
+        lines.append(
+            f"CPU per conversation (phase 1): web {per.get('web')} ms, worker {per.get('worker')} ms, "
+            f"fakes {per.get('fakes')} ms; at {report['machine']['cpus']} cores the platform alone needs "
+            f"≥ {c['cpu_floor_s']} s of wall time for {c['conversations']} conversations."
         )
     if o:
         r = o["webhook_to_reaction_ms"]
@@ -563,6 +585,7 @@ def main() -> int:
                         stack, feishu, web_url=web_url, bot_id=ids["slow"], n=args.conversations, args=args
                     )
                 report["concurrency"]["cpu"] = cpu.as_dict()
+                report["concurrency"].update(cpu_per_conversation(cpu, args.conversations))
             if not args.skip_overhead:
                 with stack.cpu_window() as cpu:
                     report["overhead"] = phase_overhead(
