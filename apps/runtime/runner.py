@@ -35,14 +35,21 @@ logger = structlog.get_logger(__name__)
 ANSWERABLE = [Message.Status.PENDING, Message.Status.PROCESSING]
 
 
-def lease_acquire(*, conversation_id: int, token: str) -> bool:
+def lease_take(*, conversation_id: int, token: str) -> str:
+    """Compare-and-swap the runner lease: "free" (nobody had it), "expired" (a dead runner had it) or ""."""
     now = timezone.now()
-    return (
-        Conversation.objects.filter(pk=conversation_id)
-        .filter(Q(runner_token="") | Q(runner_lease_until__lt=now) | Q(runner_lease_until__isnull=True))
-        .update(runner_token=token, runner_lease_until=now + timedelta(seconds=settings.TURN_LEASE_SECONDS))
-        == 1
-    )
+    until = now + timedelta(seconds=settings.TURN_LEASE_SECONDS)
+    conversations = Conversation.objects.filter(pk=conversation_id)
+    if conversations.filter(runner_token="").update(runner_token=token, runner_lease_until=until):
+        return "free"
+    expired = Q(runner_lease_until__lt=now) | Q(runner_lease_until__isnull=True)
+    if conversations.filter(expired).update(runner_token=token, runner_lease_until=until):
+        return "expired"
+    return ""
+
+
+def lease_acquire(*, conversation_id: int, token: str) -> bool:
+    return bool(lease_take(conversation_id=conversation_id, token=token))
 
 
 def lease_release_if_idle(*, conversation_id: int, token: str) -> bool:
@@ -125,14 +132,16 @@ def _busy(*, conversation_id: int) -> None:
 def conversation_process(*, conversation_id: int) -> None:
     """Answer the conversation's pending user messages, one turn at a time, in arrival order."""
     token = uuid.uuid4().hex
-    if not lease_acquire(conversation_id=conversation_id, token=token):
+    taken = lease_take(conversation_id=conversation_id, token=token)
+    if not taken:
         _busy(conversation_id=conversation_id)
         return
     active = ActiveTurn(conversation_id=conversation_id, token=token)
     watchdog.register(active)
     released = False
     try:
-        _recover(conversation_id=conversation_id)
+        if taken == "expired":
+            _recover(conversation_id=conversation_id)
         while not active.lease_lost:
             message_id = _claim_next(conversation_id=conversation_id)
             if message_id is None:
@@ -146,8 +155,24 @@ def conversation_process(*, conversation_id: int) -> None:
     finally:
         watchdog.unregister(active)
         if not released and not active.lease_lost:
-            # An unexpected error: free the conversation; the sweep re-enqueues what is left.
-            lease_release(conversation_id=conversation_id, token=token)
+            # An unexpected error (e.g. the database went away mid-turn): put the half-done message
+            # back in the queue and free the conversation; the sweep re-enqueues it. If even this
+            # fails, the lease expires and the next runner recovers the same way (_recover).
+            _release_after_error(conversation_id=conversation_id, token=token)
+
+
+def _release_after_error(*, conversation_id: int, token: str) -> None:
+    with transaction.atomic():
+        owned = Conversation.objects.select_for_update().filter(pk=conversation_id, runner_token=token).exists()
+        if not owned:
+            return
+        Message.objects.filter(
+            conversation_id=conversation_id, role=Message.Role.USER, status=Message.Status.PROCESSING
+        ).update(status=Message.Status.PENDING)
+        Turn.objects.filter(conversation_id=conversation_id, status=Turn.Status.RUNNING).update(
+            status=Turn.Status.FAILED, error_detail="runner error", finished_at=timezone.now()
+        )
+        lease_release(conversation_id=conversation_id, token=token)
 
 
 def conversations_sweep(*, grace_seconds: int = 15) -> int:

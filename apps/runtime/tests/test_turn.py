@@ -260,7 +260,7 @@ def test_when_the_transcript_cannot_be_saved_the_user_is_told_and_the_message_re
     assert not recorder.events(conversation, "final")
     conversation.refresh_from_db()
     user.refresh_from_db()
-    assert conversation.runner_token == "" and user.status == Message.Status.PROCESSING
+    assert conversation.runner_token == "" and user.status == Message.Status.PENDING  # back in the queue
 
     conversation_process(conversation_id=conversation.pk)  # what the sweep does
     assert recorder.finals(conversation) == ["saved on retry"], recorder.events(conversation)
