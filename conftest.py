@@ -9,6 +9,9 @@ from django.core.cache import cache
 from apps.tenants.models import Role, Tenant
 from tests.factories import MembershipFactory, TenantFactory, UserFactory
 
+# The fake Feishu Open API and the fake LLM, for every test module.
+pytest_plugins = ["tests.fakes.fixtures", "tests.fakes.llm_fixtures"]
+
 
 @pytest.fixture(autouse=True)
 def _clear_cache():

@@ -1,4 +1,3 @@
-# ruff: noqa: F811
 """FeishuClient against the fake Feishu server, through the real lark-oapi request builders and token manager."""
 
 from __future__ import annotations
@@ -17,7 +16,6 @@ from apps.feishu.client import FeishuClient, FeishuError
 
 # Until the root conftest has `pytest_plugins = ["tests.fakes.fixtures"]`, import the fixtures here
 # (pytest finds fixtures by name; the test parameters shadow these imports on purpose).
-from tests.fakes.fixtures import fake_feishu, fake_feishu_server, feishu_bot  # noqa: F401
 
 pytestmark = pytest.mark.django_db
 

@@ -1,4 +1,3 @@
-# ruff: noqa: F811
 """The fake Feishu server checks requests the way Feishu does (raw HTTP, no client layer in between)."""
 
 from __future__ import annotations
@@ -9,7 +8,6 @@ import pytest
 import requests
 
 # Until the root conftest has `pytest_plugins = ["tests.fakes.fixtures"]`, import the fixtures here.
-from tests.fakes.fixtures import fake_feishu, fake_feishu_server  # noqa: F401
 
 
 @pytest.fixture

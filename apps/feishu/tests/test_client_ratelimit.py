@@ -1,4 +1,3 @@
-# ruff: noqa: F811
 """The per-app rate limiter: a burst queues instead of tripping Feishu, shared across processes via Redis."""
 
 from __future__ import annotations
@@ -16,7 +15,6 @@ from apps.feishu.ratelimit import LocalRateLimiter, RedisRateLimiter, rate_limit
 
 # Until the root conftest has `pytest_plugins = ["tests.fakes.fixtures"]`, import the fixtures here
 # (pytest finds fixtures by name; the test parameters shadow these imports on purpose).
-from tests.fakes.fixtures import fake_feishu, fake_feishu_server, feishu_bot  # noqa: F401
 
 pytestmark = pytest.mark.django_db
 

@@ -1,4 +1,3 @@
-# ruff: noqa: F811
 """outbound_send / outbound_retry: the logged send path, checked against what the fake Feishu received."""
 
 from __future__ import annotations
@@ -14,7 +13,6 @@ from tests.factories import ConversationFactory
 
 # Until the root conftest has `pytest_plugins = ["tests.fakes.fixtures"]`, import the fixtures here
 # (pytest finds fixtures by name; the test parameters shadow these imports on purpose).
-from tests.fakes.fixtures import fake_feishu, fake_feishu_server, feishu_bot  # noqa: F401
 
 pytestmark = pytest.mark.django_db
 
