@@ -137,27 +137,34 @@ def turn_run(*, message: Message, active: ActiveTurn, trace_id: str) -> Turn:
     clock = Stopwatch()
     started = time.monotonic()
     conversation = message.conversation
-    turn = Turn.objects.create(
-        tenant_id=conversation.tenant_id,
-        conversation=conversation,
-        status=Turn.Status.RUNNING,
-        trace_id=trace_id,
-        started_at=timezone.now(),
-    )
-    active.turn_id = turn.pk
-    structlog.contextvars.bind_contextvars(turn_id=turn.pk)
-    Message.objects.filter(pk=message.pk).update(turn=turn, trace_id=trace_id)
-    ctx = ResponderContext(conversation=conversation, turn=turn, user_messages=[message], trace_id=trace_id)
     state = TurnState()
     responder: GuardedResponder | None = None
     assistant: Message | None = None
     outcome, error = Turn.Status.SUCCEEDED, None
+    with clock.stage("restore"):
+        try:
+            agent, binding = turn_restore(conversation=conversation, message=message)
+        except TurnError as exc:
+            agent, binding, restore_error = None, None, exc
+        else:
+            restore_error = None
+        turn = Turn.objects.create(
+            tenant_id=conversation.tenant_id,
+            conversation=conversation,
+            agent=agent,
+            status=Turn.Status.RUNNING,
+            trace_id=trace_id,
+            started_at=timezone.now(),
+        )
+        active.turn_id = turn.pk
+        structlog.contextvars.bind_contextvars(turn_id=turn.pk)
+        Message.objects.filter(pk=message.pk).update(turn=turn, trace_id=trace_id)
+    ctx = ResponderContext(conversation=conversation, turn=turn, user_messages=[message], trace_id=trace_id)
     logger.info("turn.start")
     try:
         with clock.stage("restore"):
-            agent, binding = turn_restore(conversation=conversation, message=message)
-            turn.agent = agent
-            Turn.objects.filter(pk=turn.pk).update(agent=agent)
+            if restore_error is not None:
+                raise restore_error
             session_refresh(conversation=conversation, agent=agent, message=message)
             assistant = Message.objects.create(
                 tenant_id=conversation.tenant_id,
@@ -477,5 +484,4 @@ def turn_save(
             error_code=error.code if error else "",
             error_detail=error.detail if error else "",
         )
-        Conversation.objects.filter(pk=turn.conversation_id).update(last_activity_at=now)
     turn.status = outcome
