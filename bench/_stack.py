@@ -418,19 +418,20 @@ class Stack:
         argv += ["--no-access-log", "--log-level", "warning", "--lifespan", "off", "--workers", str(workers)]
         return self.start("web", argv, port=port, ready=lambda: http_ok(f"http://127.0.0.1:{port}/healthz"), timeout=60)
 
-    def start_worker(self, *, concurrency: int = 200) -> Proc:
+    def start_worker(self, *, concurrency: int = 200, name: str = "worker") -> Proc:
         argv = [PYTHON, "-m", "celery", "-A", "omniagent", "worker", "-P", "threads", "-c", str(concurrency)]
-        argv += ["-l", "warning", "--without-gossip", "--without-mingle", "-n", f"bench-{os.getpid()}@%h"]
-        proc = self.start("worker", argv)
-        wait_for(lambda: self._worker_ready(), timeout=60, what="worker", proc=proc)
+        argv += ["-l", "warning", "--without-gossip", "--without-mingle", "-n", f"bench-{name}-{os.getpid()}@%h"]
+        proc = self.start(name, argv)
+        expected = sum(1 for p in self.procs if p.name.startswith("worker"))
+        wait_for(lambda: self._workers_ready() >= expected, timeout=60, what=name, proc=proc)
         return proc
 
-    def _worker_ready(self) -> bool:
+    def _workers_ready(self) -> int:
         from celery import Celery
 
         app = Celery(broker=self.redis_url)
         try:
-            return bool(app.control.ping(timeout=0.5))
+            return len(app.control.ping(timeout=0.5))
         finally:
             app.close()
 

@@ -262,11 +262,11 @@ def profile_start(stack: Stack, seconds: float) -> list[tuple[str, subprocess.Po
         return []
     running = []
     for proc in stack.platform():
-        if proc.name not in ("web", "worker"):
+        if proc.name != "web" and not proc.name.startswith("worker"):
             continue
         out = stack.log_dir / f"profile-{proc.name}.txt"
         argv = [py_spy, "record", "--pid", str(proc.popen.pid), "--subprocesses", "--duration", str(int(seconds))]
-        argv += ["--format", "raw", "--output", str(out), "--nonblocking", "--rate", "50"]
+        argv += ["--format", "raw", "--output", str(out), "--nonblocking", "--rate", "100", "--gil"]
         running.append((proc.name, subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), out))
     return running
 
@@ -393,12 +393,13 @@ def cpu_per_conversation(cpu, n: int) -> dict:
     """CPU milliseconds each conversation cost web and worker: what bounds throughput on 2 cores."""
     secs = cpu.cpu_seconds
     fakes = sum(v for k, v in secs.items() if k.startswith("fake-"))
+    worker = sum(v for k, v in secs.items() if k.startswith("worker"))
     per = {
         "web": round(1000 * secs.get("web", 0) / n, 1),
-        "worker": round(1000 * secs.get("worker", 0) / n, 1),
+        "worker": round(1000 * worker / n, 1),
         "fakes": round(1000 * fakes / n, 1),
     }
-    platform_seconds = secs.get("web", 0) + secs.get("worker", 0) + secs.get("beat", 0)
+    platform_seconds = secs.get("web", 0) + worker + secs.get("beat", 0)
     return {
         "cpu_ms_per_conversation": per,
         "cpu_floor_s": round(platform_seconds / (os.cpu_count() or 1), 2),
@@ -424,8 +425,8 @@ def markdown(report: dict) -> str:
         "",
         f"`python -m bench.concurrency` on {report['machine']['cpus']} CPUs, {report['when']} "
         f"(commit {report['commit']}). Real stack: uvicorn ({report['config']['web_workers']} process(es)), "
-        "Celery worker `-P threads "
-        f"-c {report['config']['worker_concurrency']}`, beat, PostgreSQL, Redis, fake Feishu and fake LLM "
+        f"{report['config']['worker_processes']} Celery worker process(es) `-P threads` with "
+        f"{report['config']['worker_concurrency']} threads in all, beat, PostgreSQL, Redis, fake Feishu and fake LLM "
         "as separate processes; webhooks encrypted and signed like Feishu's; "
         f"FEISHU_RATE_PER_SECOND={report['config']['feishu_rate']} (the fake has no quota).",
         "",
@@ -517,6 +518,9 @@ def main() -> int:
     parser.add_argument("--memory-target", type=float, default=1024.0, help="MiB")
     parser.add_argument("--worker-concurrency", type=int, default=200)
     parser.add_argument("--feishu-rate", type=int, default=2000, help="FEISHU_RATE_PER_SECOND for the stack")
+    parser.add_argument(
+        "--worker-processes", type=int, default=1, help="Celery worker processes sharing --worker-concurrency"
+    )
     parser.add_argument("--web-workers", type=int, default=1, help="uvicorn processes (deploy/ runs one)")
     parser.add_argument("--warmup", type=int, default=5, help="messages sent before measuring (not counted)")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for answers per phase")
@@ -546,7 +550,9 @@ def main() -> int:
         slow_llm = stack.start_fake_llm(latency=args.llm_latency, text=ANSWER)
         fast_llm = stack.start_fake_llm(latency=0.0, text=ANSWER)
         web = stack.start_web(workers=args.web_workers)
-        stack.start_worker(concurrency=args.worker_concurrency)
+        for i in range(args.worker_processes):
+            name = "worker" if args.worker_processes == 1 else f"worker{i + 1}"
+            stack.start_worker(concurrency=args.worker_concurrency // args.worker_processes, name=name)
         stack.start_beat()
         stack.django_setup()
         ids = provision(
