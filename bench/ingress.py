@@ -362,6 +362,11 @@ def main() -> None:
         default=300,
         help="wait up to this many seconds for other processes to use < 0.3 cores (0: don't)",
     )
+    parser.add_argument(
+        "--app",
+        default="omniagent.asgi:application",
+        help='ASGI app; "fast" = omniagent.asgi:application behind apps.feishu.views.webhook_fast_path',
+    )
     parser.add_argument("--out", default=str(ROOT / "bench" / "out" / "ingress.json"))
     args = parser.parse_args()
     args.ramp = [float(r) for r in args.ramp.split(",") if r]

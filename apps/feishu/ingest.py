@@ -21,6 +21,7 @@ from django.db.models.constants import OnConflict
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
+from apps.bindings.models import Binding
 from apps.bindings.selectors import binding_resolve
 from apps.bots.models import Bot
 from apps.feishu.normalize import InboundMessage, message_normalize, needs_bot_open_id
@@ -38,10 +39,25 @@ CARD_ACTION = "card.action.trigger"
 LAST_EVENT_WRITE_EVERY = 5.0
 _last_event_written: dict[int, float] = {}
 
-# Routing changes rarely and resolving it is the most expensive read on the hot path (an annotated
-# query): remember each chat's answer briefly per process. Admin edits take effect within this delay.
+# Routing changes rarely and resolving it per message was the most expensive read on the hot path: keep
+# each bot's enabled bindings per process briefly and pick among them in memory, with the same rules
+# as apps.bindings.selectors.binding_resolve (a test holds the two equal). Admin edits take effect
+# within this delay.
 BINDING_CACHE_SECONDS = 5.0
-_binding_cache: dict[tuple, tuple[float, tuple[int, bool] | None]] = {}
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    id: int
+    agent_id: int
+    chat_type: str
+    chat_id: str
+    user_open_id: str
+    require_mention: bool
+    priority: int
+
+
+_bindings_by_bot: dict[int, tuple[float, list[_Candidate]]] = {}
 
 FEEDBACK_THANKS = "感谢反馈"
 FEEDBACK_MISSING = "未找到这条回答"
@@ -171,20 +187,39 @@ def _record_duplicate_message(*, bot: Bot, header: dict, payload: dict, source: 
     return True
 
 
-def _route(*, bot: Bot, chat_type: str, chat_id: str, user_open_id: str) -> tuple[int, bool] | None:
-    """(agent_id, require_mention) of the binding for this chat, or None; cached briefly (see above)."""
-    key = (bot.pk, chat_type, chat_id, user_open_id)
+def _bot_bindings(bot: Bot) -> list[_Candidate]:
     now = time.monotonic()
-    hit = _binding_cache.get(key)
+    hit = _bindings_by_bot.get(bot.pk)
     if hit is not None and hit[0] > now:
         return hit[1]
-    binding = binding_resolve(bot=bot, chat_type=chat_type, chat_id=chat_id, user_open_id=user_open_id)
-    route = (binding.agent_id, binding.require_mention) if binding is not None else None
+    rows = (
+        Binding.objects.for_tenant(bot.tenant_id)
+        .filter(bot=bot, is_enabled=True, agent__is_active=True)
+        .values_list("id", "agent_id", "chat_type", "chat_id", "user_open_id", "require_mention", "priority")
+    )
+    candidates = [_Candidate(*row) for row in rows]
     if BINDING_CACHE_SECONDS > 0:
-        if len(_binding_cache) > 50_000:
-            _binding_cache.clear()
-        _binding_cache[key] = (now + BINDING_CACHE_SECONDS, route)
-    return route
+        _bindings_by_bot[bot.pk] = (now + BINDING_CACHE_SECONDS, candidates)
+    return candidates
+
+
+def _route(*, bot: Bot, chat_type: str, chat_id: str, user_open_id: str) -> tuple[int, bool] | None:
+    """(agent_id, require_mention) of the binding for this chat, or None.
+
+    binding_resolve's rules: a binding for this user beats one for this chat, which beats one for this
+    chat type, which beats "any"; then higher priority; then the oldest.
+    """
+    best, best_rank = None, None
+    for c in _bot_bindings(bot):
+        if (c.user_open_id and c.user_open_id != user_open_id) or (c.chat_id and c.chat_id != chat_id):
+            continue
+        if c.chat_type not in (chat_type, Binding.ChatType.ANY):
+            continue
+        specificity = 4 * bool(c.user_open_id) + 2 * bool(c.chat_id) + (c.chat_type != Binding.ChatType.ANY)
+        rank = (-specificity, -c.priority, c.id)
+        if best_rank is None or rank < best_rank:
+            best, best_rank = c, rank
+    return (best.agent_id, best.require_mention) if best is not None else None
 
 
 def _classify_message(*, bot: Bot, header: dict, msg: InboundMessage):

@@ -205,3 +205,41 @@ def _up(base: str) -> bool:
         return httpx.get(f"{base}/healthz", timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+# --- routing matches the bindings selector ----------------------------------------------------
+
+
+def test_it_routes_exactly_like_binding_resolve(db):
+    from apps.bindings.selectors import binding_resolve
+    from apps.feishu.ingest import _route
+    from tests.factories import AgentFactory
+
+    bot = BotFactory()
+    agent = lambda: AgentFactory(tenant=bot.tenant)  # noqa: E731
+    BindingFactory(bot=bot, agent=agent(), chat_type="any", require_mention=True)
+    BindingFactory(bot=bot, agent=agent(), chat_type="group", require_mention=False, priority=5)
+    BindingFactory(bot=bot, agent=agent(), chat_type="group", priority=5)  # same rank, younger: loses
+    BindingFactory(bot=bot, agent=agent(), chat_type="p2p", chat_id="oc_vip")
+    BindingFactory(bot=bot, agent=agent(), chat_type="any", user_open_id="ou_boss", priority=-3)
+    BindingFactory(bot=bot, agent=agent(), chat_type="group", chat_id="oc_team", user_open_id="ou_boss")
+    BindingFactory(bot=bot, agent=agent(), chat_type="group", chat_id="oc_off", is_enabled=False)
+    BindingFactory(bot=bot, agent=AgentFactory(tenant=bot.tenant, is_active=False), chat_type="p2p", priority=99)
+    BindingFactory(agent=agent(), chat_type="p2p", priority=100)  # another bot's binding
+
+    for chat_type in ("p2p", "group"):
+        for chat_id in ("", "oc_vip", "oc_team", "oc_off", "oc_other"):
+            for user in ("", "ou_boss", "ou_someone"):
+                expected = binding_resolve(bot=bot, chat_type=chat_type, chat_id=chat_id, user_open_id=user)
+                got = _route(bot=bot, chat_type=chat_type, chat_id=chat_id, user_open_id=user)
+                assert got == ((expected.agent_id, expected.require_mention) if expected else None), (
+                    chat_type,
+                    chat_id,
+                    user,
+                )
+
+
+def test_it_routes_nothing_for_a_bot_without_bindings(db):
+    from apps.feishu.ingest import _route
+
+    assert _route(bot=BotFactory(), chat_type="p2p", chat_id="oc_x", user_open_id="ou_x") is None
