@@ -21,7 +21,6 @@ import pytest
 from apps.runtime.responders import load_responders
 from tests.factories import AgentFactory
 from tests.fakes.llm import Reply, ToolCall
-from tests.fakes.llm_fixtures import fake_llm, fake_llm_server  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[3]
 SCRIPT = Path(__file__).with_name("browser_chat.js")
@@ -74,7 +73,7 @@ def live_server_url():
 
 def test_it_chats_streams_shows_tools_escapes_html_stops_and_resets(
     personas,
-    fake_llm,  # noqa: F811
+    fake_llm,
     live_server_url,
 ):
     load_responders()

@@ -10,7 +10,6 @@ from apps.runtime.responders import load_responders
 from apps.transcripts.models import Message, Turn
 from tests.factories import AgentFactory
 from tests.fakes.llm import Reply, ToolCall
-from tests.fakes.llm_fixtures import fake_llm, fake_llm_server  # noqa: F401
 
 from .conftest import session_cookie, ws
 
@@ -20,7 +19,7 @@ TERMINAL = {"final", "error", "cancelled", "notice"}
 
 
 @pytest.fixture
-def agent(personas, fake_llm):  # noqa: F811
+def agent(personas, fake_llm):
     load_responders()  # import every channel's responder now, not inside the first timed turn
     return AgentFactory(
         tenant=personas.tenant_a, name="Helper", base_url=fake_llm.base_url, model="fake-model", tools=["time.now"]
@@ -45,7 +44,7 @@ async def events_until_end(communicator, timeout: float = 30) -> list[dict]:
             return events
 
 
-async def test_it_streams_the_answer_token_by_token_and_ends_with_the_final_text(personas, agent, fake_llm):  # noqa: F811
+async def test_it_streams_the_answer_token_by_token_and_ends_with_the_final_text(personas, agent, fake_llm):
     answer = "Hello from the fake model, streamed in small chunks so the page can show them."
     fake_llm.script(Reply(text=answer, first_token_delay=0.1, token_delay=0.05, chunk_chars=6))
     communicator, ready = await open_chat(personas.owner_a, agent)
@@ -70,7 +69,7 @@ async def test_it_streams_the_answer_token_by_token_and_ends_with_the_final_text
     assert fake_llm.chat_requests()[-1].messages[-1]["content"] == "Say hello"
 
 
-async def test_it_shows_tool_calls_as_they_happen(personas, agent, fake_llm):  # noqa: F811
+async def test_it_shows_tool_calls_as_they_happen(personas, agent, fake_llm):
     fake_llm.script(
         Reply(tool_calls=[ToolCall("time.now", {"timezone": "UTC"})]),
         Reply(text="The tool said: {tool_result}", token_delay=0.01),
@@ -94,7 +93,7 @@ async def test_it_shows_tool_calls_as_they_happen(personas, agent, fake_llm):  #
     assert ready["history"][1]["tool_name"] == "time.now"
 
 
-async def test_it_shows_the_products_error_message_when_the_model_fails(personas, agent, fake_llm):  # noqa: F811
+async def test_it_shows_the_products_error_message_when_the_model_fails(personas, agent, fake_llm):
     fake_llm.script(Reply(status=500), repeat=True)
     communicator, _ = await open_chat(personas.owner_a, agent)
     await communicator.send_json_to({"type": "message", "text": "hello?"})
@@ -110,7 +109,7 @@ async def test_it_shows_the_products_error_message_when_the_model_fails(personas
     assert error["message"] == user_message(error["code"])
 
 
-async def test_stop_cancels_a_streaming_turn_promptly(personas, agent, fake_llm):  # noqa: F811
+async def test_stop_cancels_a_streaming_turn_promptly(personas, agent, fake_llm):
     fake_llm.script(Reply(text="word " * 400, token_delay=0.05, chunk_chars=5))  # ~20 s if not stopped
     communicator, _ = await open_chat(personas.owner_a, agent)
     await communicator.send_json_to({"type": "message", "text": "Tell me a long story"})
@@ -133,7 +132,7 @@ async def test_stop_cancels_a_streaming_turn_promptly(personas, agent, fake_llm)
     assert turn.status == Turn.Status.CANCELLED
 
 
-async def test_typed_reset_command_gets_the_runtimes_notice(personas, agent, fake_llm):  # noqa: F811
+async def test_typed_reset_command_gets_the_runtimes_notice(personas, agent, fake_llm):
     communicator, _ = await open_chat(personas.owner_a, agent)
     await communicator.send_json_to({"type": "message", "text": "/reset"})
     events = await events_until_end(communicator)
