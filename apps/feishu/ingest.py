@@ -330,6 +330,18 @@ def _insert_sql(obj, *, update_fields: list[str] | None = None, unique_fields: l
     return statement, params
 
 
+def _execute_bound(conn, statement: str, params: tuple) -> tuple:
+    """Run with server-side parameter binding: psycopg then prepares the statement after a few runs,
+    so neither Python (quoting the JSON payload into the SQL) nor PostgreSQL (parsing and planning a
+    three-insert statement) redoes that work per event. Errors come out as Django's exceptions."""
+    import psycopg
+
+    conn.ensure_connection()
+    with conn.wrap_database_errors, psycopg.Cursor(conn.connection) as cursor:
+        cursor.execute(statement, params)
+        return cursor.fetchone()
+
+
 def _write_pg(event: InboundEvent, conversation: Conversation, message: Message) -> tuple[int, int]:
     """PostgreSQL: the same three writes as one statement (data-modifying CTEs), so one round trip and
     atomic without BEGIN/COMMIT. A duplicate event or message fails the whole statement."""
@@ -345,13 +357,10 @@ def _write_pg(event: InboundEvent, conversation: Conversation, message: Message)
     params = (*ev_params, *conv_params, *msg_params)
     conn = connections[DEFAULT_DB_ALIAS]
     if conn.in_atomic_block:
-        with transaction.atomic(), conn.cursor() as cursor:  # savepoint: keep the caller's transaction usable
-            cursor.execute(statement, params)
-            row = cursor.fetchone()
+        with transaction.atomic():  # a savepoint: a duplicate must not break the caller's transaction
+            row = _execute_bound(conn, statement, params)
     else:
-        with conn.cursor() as cursor:
-            cursor.execute(statement, params)
-            row = cursor.fetchone()
+        row = _execute_bound(conn, statement, params)
     event.pk, conversation.pk, message.pk = row
     message.conversation_id = conversation.pk
     return event.pk, conversation.pk
