@@ -68,3 +68,9 @@ def test_viewers_get_no_agents_to_chat_with(client, personas, agents):
     client.force_login(personas.viewer_a)
     assert client.get(reverse("webchat:chat", args=[agents[0].pk])).status_code == 404
     assert "You have no agents to chat with" in client.get(reverse("webchat:index")).content.decode()
+
+
+def test_the_agent_admin_link_points_at_the_agents_chat(personas, agents):
+    from apps.webchat.admin_links import webchat_link
+
+    assert webchat_link(agents[0]) == f'<a href="/admin/webchat/{agents[0].pk}/">Chat</a>'
