@@ -4,7 +4,8 @@ A round is one succeeded turn: its user message and the assistant's answer (tool
 replayed; the answer carries what the tools found). The session restarts after /reset or when the
 previous message is older than ``agent.memory_idle_minutes``. The last ``agent.memory_rounds``
 rounds that fit ``agent.memory_token_budget`` are replayed; older rounds of the session are folded
-into ``conversation.summary`` by one LLM call, so nothing is cut silently.
+into ``conversation.summary`` by one LLM call, so nothing is cut silently. The fold runs right after
+a turn has answered (off the user's critical path); BUILD folds too if anything is left over.
 """
 
 from __future__ import annotations
@@ -165,3 +166,12 @@ def memory_fold(*, conversation: Conversation, rounds: list[Round], llm: LLMSess
     )
     logger.info("memory.folded", rounds=len(rounds), summary_tokens=estimate_tokens(summary))
     return True
+
+
+def memory_compact(*, conversation: Conversation, agent: Agent, llm: LLMSession, through_turn_id: int) -> bool:
+    """Fold the rounds up to and including ``through_turn_id`` that the next turn could not replay."""
+    rounds = history_rounds(conversation=conversation, before_turn_id=through_turn_id + 1)
+    fold, _ = memory_select(rounds=rounds, agent=agent, summary=conversation.summary)
+    if not fold:
+        return False
+    return memory_fold(conversation=conversation, rounds=fold, llm=llm)

@@ -25,7 +25,7 @@ from django.utils import timezone
 from apps.runtime.commands import command_parse, command_run
 from apps.runtime.errors import TurnCancelled, TurnError, user_message
 from apps.runtime.llm import LLMSession, parse_arguments, tool_calls_message
-from apps.runtime.memory import history_rounds, memory_fold, memory_select, session_refresh
+from apps.runtime.memory import history_rounds, memory_compact, memory_fold, memory_select, session_refresh
 from apps.runtime.responders.base import Responder, ResponderContext, responder_for
 from apps.runtime.tools import ToolContext, tool_run, tool_schemas, tools_for_agent
 from apps.transcripts.models import Conversation, LLMCall, Message, Turn
@@ -255,10 +255,34 @@ def turn_run(*, message: Message, active: ActiveTurn, trace_id: str) -> Turn:
         else:
             responder.on_error(error.code, error.user_text)
         responder.close()
+    duration_ms = int((time.monotonic() - started) * 1000)
+    if outcome == Turn.Status.SUCCEEDED and state.llm is not None:
+        turn_memory_compact(turn=turn, conversation=conversation, agent=agent, llm=state.llm, clock=clock)
     turn.timings = clock.timings
-    Turn.objects.filter(pk=turn.pk).update(timings=clock.timings, duration_ms=int((time.monotonic() - started) * 1000))
+    Turn.objects.filter(pk=turn.pk).update(timings=clock.timings, duration_ms=duration_ms)
     logger.info("turn.end", status=outcome, timings=clock.timings)
     return turn
+
+
+def turn_memory_compact(*, turn: Turn, conversation: Conversation, agent: Agent, llm: LLMSession, clock) -> None:
+    """After answering, fold what the next turn could not replay, so the user never waits for it.
+
+    BUILD still folds when something is left over (a failed fold, changed agent settings).
+    """
+    started = time.monotonic()
+    already = len(llm.calls)
+    try:
+        folded = memory_compact(conversation=conversation, agent=agent, llm=llm, through_turn_id=turn.pk)
+    except Exception:
+        logger.exception("memory.compact_failed")
+        folded = False
+    finally:
+        db_release()
+    calls = llm.calls[already:]
+    if calls:
+        LLMCall.objects.bulk_create([_llm_call_row(turn, c) for c in calls])
+    if folded or calls:
+        clock.timings["memory"] = int((time.monotonic() - started) * 1000)
 
 
 # -- stages ------------------------------------------------------------------------------------
@@ -459,23 +483,7 @@ def turn_save(
                 for r in state.tool_records
             ]
         )
-        LLMCall.objects.bulk_create(
-            [
-                LLMCall(
-                    tenant_id=turn.tenant_id,
-                    turn=turn,
-                    model=c.model[:100],
-                    input_tokens=c.input_tokens,
-                    output_tokens=c.output_tokens,
-                    first_token_ms=c.first_token_ms,
-                    latency_ms=c.latency_ms,
-                    ok=c.ok,
-                    error=c.error[:300],
-                    trace_id=turn.trace_id,
-                )
-                for c in calls
-            ]
-        )
+        LLMCall.objects.bulk_create([_llm_call_row(turn, c) for c in calls])
         first_token_ms = int((state.first_token_at - started) * 1000) if state.first_token_at else None
         Turn.objects.filter(pk=turn.pk).update(
             status=outcome,
@@ -485,3 +493,18 @@ def turn_save(
             error_detail=error.detail if error else "",
         )
     turn.status = outcome
+
+
+def _llm_call_row(turn: Turn, call) -> LLMCall:
+    return LLMCall(
+        tenant_id=turn.tenant_id,
+        turn=turn,
+        model=call.model[:100],
+        input_tokens=call.input_tokens,
+        output_tokens=call.output_tokens,
+        first_token_ms=call.first_token_ms,
+        latency_ms=call.latency_ms,
+        ok=call.ok,
+        error=call.error[:300],
+        trace_id=turn.trace_id,
+    )

@@ -9,7 +9,7 @@ import pytest
 from apps.runtime.commands import RESET_TEXT, command_parse
 from apps.runtime.memory import estimate_tokens
 from apps.runtime.services import conversation_process
-from apps.transcripts.models import Conversation, LLMCall, Message
+from apps.transcripts.models import Conversation, LLMCall, Message, Turn
 from tests.fakes.llm import Reply
 
 from .conftest import post
@@ -41,32 +41,54 @@ def test_older_rounds_are_folded_into_a_summary_not_cut(fake_llm, recorder, agen
     agent.save()
     fake_llm.default = Reply(text="A:{last_user}")
     conversation = make_conversation()
-    for text in ("q1", "q2", "q3"):
+    for text in ("q1", "q2"):
         ask(conversation, text)
-    assert not [r for r in fake_llm.chat_requests() if not r.body.get("stream")]  # nothing folded yet
+    assert not [r for r in fake_llm.chat_requests() if not r.body.get("stream")]  # nothing to fold yet
 
-    fake_llm.script(Reply(text="SUMMARY: user asked q1."))  # the folding call comes first
-    ask(conversation, "q4")
+    # Three rounds no longer fit: once q3 is answered, q1 is folded (after the answer, not before it).
+    fake_llm.script(Reply(text="A:q3"), Reply(text="SUMMARY: user asked q1."))
+    ask(conversation, "q3")
 
-    summarize, answer = fake_llm.chat_requests()[-2:]
+    answer_q3, summarize = fake_llm.chat_requests()[-2:]
+    assert answer_q3.body["stream"] is True and recorder.finals(conversation)[-1] == "A:q3"
     assert summarize.body.get("stream") is not True and "tools" not in summarize.body
     assert "用户：q1" in summarize.messages[-1]["content"] and "助手：A:q1" in summarize.messages[-1]["content"]
     assert "q2" not in summarize.messages[-1]["content"]
-    assert history_of(answer) == ["q2", "A:q2", "q3", "A:q3"]
-    assert "SUMMARY: user asked q1." in answer.messages[0]["content"]
     conversation.refresh_from_db()
     assert conversation.summary == "SUMMARY: user asked q1."
-    assert LLMCall.objects.filter(turn__conversation=conversation).count() == 5  # 4 answers + 1 fold
+    turn_q3 = Turn.objects.filter(conversation=conversation).order_by("id").last()
+    assert "memory" in turn_q3.timings and turn_q3.llm_calls.count() == 2
 
-    # The next turn folds q2 on top of the stored summary.
-    fake_llm.script(Reply(text="SUMMARY 2"))
+    fake_llm.script(Reply(text="A:q4"), Reply(text="SUMMARY 2"))
+    ask(conversation, "q4")
+
+    answer_q4, summarize = fake_llm.chat_requests()[-2:]
+    assert history_of(answer_q4) == ["q2", "A:q2", "q3", "A:q3"]  # no fold on the critical path
+    assert "SUMMARY: user asked q1." in answer_q4.messages[0]["content"]
+    assert "SUMMARY: user asked q1." in summarize.messages[-1]["content"]
+    assert "用户：q2" in summarize.messages[-1]["content"]
     ask(conversation, "q5")
-    summarize = fake_llm.chat_requests()[-2]
-    assert (
-        "SUMMARY: user asked q1." in summarize.messages[-1]["content"]
-        and "用户：q2" in summarize.messages[-1]["content"]
-    )
-    assert history_of(fake_llm.chat_requests()[-1]) == ["q3", "A:q3", "q4", "A:q4"]
+    answer_q5 = fake_llm.chat_requests()[-2]
+    assert history_of(answer_q5) == ["q3", "A:q3", "q4", "A:q4"]
+    assert "SUMMARY 2" in answer_q5.messages[0]["content"]
+    assert LLMCall.objects.filter(turn__conversation=conversation).count() == 5 + 3  # answers + folds
+
+
+def test_build_folds_what_is_left_over(fake_llm, recorder, agent, make_conversation):
+    fake_llm.default = Reply(text="A:{last_user}")
+    conversation = make_conversation()
+    for text in ("q1", "q2", "q3"):
+        ask(conversation, text)
+    agent.memory_rounds = 1  # settings changed: two rounds no longer fit
+    agent.save()
+    fake_llm.script(Reply(text="SUMMARY of q1 and q2"))  # BUILD's fold comes before the answer
+
+    ask(conversation, "q4")
+
+    summarize, answer = fake_llm.chat_requests()[-3:-1]
+    assert summarize.body.get("stream") is not True and "用户：q2" in summarize.messages[-1]["content"]
+    assert history_of(answer) == ["q3", "A:q3"]
+    assert "SUMMARY of q1 and q2" in answer.messages[0]["content"]
 
 
 def test_the_token_budget_limits_history_too(fake_llm, recorder, agent, make_conversation):
@@ -75,12 +97,12 @@ def test_the_token_budget_limits_history_too(fake_llm, recorder, agent, make_con
     fake_llm.default = Reply(text="好" * 20)
     conversation = make_conversation()
     ask(conversation, "一" * 20)
+    fake_llm.script(Reply(text="好" * 20), Reply(text="摘要"))  # two rounds (96 tokens) do not fit: fold
     ask(conversation, "二" * 20)
-    fake_llm.script(Reply(text="摘要"))
 
     ask(conversation, "三")
 
-    answer = fake_llm.chat_requests()[-1]
+    answer = [r for r in fake_llm.chat_requests() if r.body.get("stream")][-1]
     replayed = history_of(answer)
     assert sum(estimate_tokens(t) + 4 for t in replayed) <= 60
     assert replayed == ["二" * 20, "好" * 20]
