@@ -21,7 +21,9 @@ Rules for implementations:
   or the in-process pool). Do not block for long: the LLM stream waits on you. Throttle expensive
   output yourself (the Feishu responder updates its card at most every 300 ms).
 - ``on_text_delta`` receives the whole text so far so that a responder may drop intermediate
-  updates freely and still show the right text.
+  updates freely and still show the right text. It normally grows, but after a retried or fallback
+  LLM call it can start over shorter: render it, do not append to what was shown.
+- A turn that fails before it starts (no agent for the chat) calls only on_error and close.
 - A responder must not raise for delivery problems it can recover from; if it raises anyway, the
   pipeline logs it and carries on (the transcript is the source of truth).
 - ``on_final`` gets the text that was stored as the assistant Message. ``ctx.assistant_message_id``
