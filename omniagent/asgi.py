@@ -14,6 +14,11 @@ if settings.SERVE_STATIC:
 
     django_asgi_app = ASGIStaticFilesHandler(django_asgi_app)
 
+if settings.INPROCESS_SWEEP:
+    from apps.runtime.runner import inprocess_sweeper_start
+
+    inprocess_sweeper_start()
+
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402

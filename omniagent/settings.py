@@ -208,7 +208,9 @@ FEISHU_MAX_RETRIES = env_int("FEISHU_MAX_RETRIES", 4, minimum=0)
 FEISHU_RATE_PER_SECOND = env_int("FEISHU_RATE_PER_SECOND", 40, minimum=1)
 FEISHU_RETRY_BASE_DELAY = env_int("FEISHU_RETRY_BASE_DELAY_MS", 500, minimum=1) / 1000
 FEISHU_RETRY_MAX_DELAY = env_int("FEISHU_RETRY_MAX_DELAY_MS", 10000, minimum=1) / 1000
-TURN_LEASE_SECONDS = env_int("TURN_LEASE_SECONDS", 600, minimum=10)
+TURN_LEASE_SECONDS = env_int("TURN_LEASE_SECONDS", 90, minimum=10)  # renewed every third of it
+# Without Celery beat, the web process itself re-enqueues conversations whose runner died.
+INPROCESS_SWEEP = env_bool("OMNIAGENT_INPROCESS_SWEEP", default=TASK_RUNNER == "inprocess")
 INPROCESS_TURN_THREADS = env_int("INPROCESS_TURN_THREADS", 32, minimum=1)
 
 # --- logging ----------------------------------------------------------------------------------

@@ -21,5 +21,7 @@ from omniagent.settings import *  # noqa: E402,F403
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 # Tests drive turns explicitly unless a test opts into a runner.
 TASK_RUNNER = os.environ.get("OMNIAGENT_TASK_RUNNER", "inprocess")
+# Tests sweep explicitly; a background sweeper would race them.
+INPROCESS_SWEEP = False
 # Injected Feishu faults should not slow the suite; the backoff shape is tested with its own values.
 FEISHU_RETRY_BASE_DELAY = 0.01
