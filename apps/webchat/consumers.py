@@ -26,7 +26,6 @@ from .events import (
     Ready,
     ServerEvent,
     Session,
-    UserMessage,
     conversation_group,
     layer_message,
 )
@@ -118,11 +117,10 @@ class WebChatConsumer(AsyncJsonWebsocketConsumer):
         if len(text) > MAX_MESSAGE_CHARS:
             await self.send_json(_bad_request(f"message longer than {MAX_MESSAGE_CHARS} characters"))
             return
-        message = await database_sync_to_async(services.webchat_message_send)(
+        # The service echoes the message to the session's group (all tabs) before the turn starts.
+        await database_sync_to_async(services.webchat_message_send)(
             user=self.user, agent=self.agent, conversation=self.conversation, text=text
         )
-        # Through the group, so the user's other tabs on this session show it too.
-        await self._publish(UserMessage(type="user.message", message_id=message.pk, text=text))
 
     async def _on_stop(self) -> None:
         result = await database_sync_to_async(services.webchat_turn_stop)(conversation=self.conversation)

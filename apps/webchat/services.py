@@ -18,6 +18,8 @@ from apps.agents.models import Agent
 from apps.runtime.dispatch import turn_enqueue
 from apps.transcripts.models import Conversation, Message, Origin, Turn
 
+from .events import UserMessage, conversation_group, layer_message
+from .publisher import publisher
 from .selectors import ACTIVE_TURN_STATUSES, conversation_key, session_number, webchat_conversation_latest
 
 logger = structlog.get_logger(__name__)
@@ -82,6 +84,10 @@ def webchat_message_send(*, user, agent: Agent, conversation: Conversation, text
         if not conversation.title:
             updates["title"] = f"{agent.name or agent.slug} · {text[:TITLE_CHARS]}"
         Conversation.objects.filter(pk=conversation.pk).update(**updates)
+        # Echo to every tab of this session. Registered before the enqueue, so it is queued on this
+        # process's publisher before the turn can publish anything (on_commit keeps the order).
+        echo = UserMessage(type="user.message", message_id=message.pk, text=text)
+        transaction.on_commit(lambda: publisher.publish(conversation_group(conversation.pk), layer_message(echo)))
         turn_enqueue(conversation_id=conversation.pk)
     logger.info(
         "webchat.message_sent", conversation_id=conversation.pk, message_id=message.pk, trace_id=message.trace_id
