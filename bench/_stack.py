@@ -412,9 +412,18 @@ class Stack:
         django.setup()
 
     # -- the platform ----------------------------------------------------------------------------
-    def start_web(self, *, port: int | None = None, workers: int = 1) -> Proc:
+    def start_web(
+        self,
+        *,
+        port: int | None = None,
+        workers: int = 1,
+        app: str = "omniagent.asgi:application",
+        factory: bool = False,
+    ) -> Proc:
         port = port or free_port()
-        argv = [PYTHON, "-m", "uvicorn", "omniagent.asgi:application", "--host", "127.0.0.1", "--port", str(port)]
+        argv = [PYTHON, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port)]
+        if factory:
+            argv.append("--factory")
         argv += ["--no-access-log", "--log-level", "warning", "--lifespan", "off", "--workers", str(workers)]
         return self.start("web", argv, port=port, ready=lambda: http_ok(f"http://127.0.0.1:{port}/healthz"), timeout=60)
 

@@ -425,7 +425,8 @@ def markdown(report: dict) -> str:
         "## Concurrency",
         "",
         f"`python -m bench.concurrency` on {report['machine']['cpus']} CPUs, {report['when']} "
-        f"(commit {report['commit']}). Real stack: uvicorn ({report['config']['web_workers']} process(es)), "
+        f"(commit {report['commit']}). Real stack: uvicorn `{report['config']['web_app']}` "
+        f"({report['config']['web_workers']} process(es)), "
         f"{report['config']['worker_processes']} Celery worker process(es) `-P threads` with "
         f"{report['config']['worker_concurrency']} threads in all, beat, PostgreSQL, Redis, fake Feishu and fake LLM "
         "as separate processes; webhooks encrypted and signed like Feishu's; "
@@ -523,6 +524,8 @@ def main() -> int:
     parser.add_argument(
         "--worker-processes", type=int, default=1, help="Celery worker processes sharing --worker-concurrency"
     )
+    parser.add_argument("--web-app", default="omniagent.asgi:application", help="ASGI app uvicorn serves")
+    parser.add_argument("--web-factory", action="store_true", help="--web-app is a factory (uvicorn --factory)")
     parser.add_argument("--web-workers", type=int, default=1, help="uvicorn processes (deploy/ runs one)")
     parser.add_argument("--warmup", type=int, default=5, help="messages sent before measuring (not counted)")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for answers per phase")
@@ -551,7 +554,7 @@ def main() -> int:
         feishu = stack.start_fake_feishu()
         slow_llm = stack.start_fake_llm(latency=args.llm_latency, text=ANSWER)
         fast_llm = stack.start_fake_llm(latency=0.0, text=ANSWER)
-        web = stack.start_web(workers=args.web_workers)
+        web = stack.start_web(workers=args.web_workers, app=args.web_app, factory=args.web_factory)
         for i in range(args.worker_processes):
             name = "worker" if args.worker_processes == 1 else f"worker{i + 1}"
             stack.start_worker(concurrency=args.worker_concurrency // args.worker_processes, name=name)
