@@ -217,6 +217,7 @@ class FakeFeishuWS:
     def __init__(
         self,
         *,
+        upstream: str = "",
         apps: dict[str, str] | None = None,
         ping_interval: int = 120,
         reconnect_interval: int = 1,
@@ -224,6 +225,9 @@ class FakeFeishuWS:
         service_id: int = 1,
     ) -> None:
         self.apps = dict(apps or {})
+        # Every other path (the Open API) is forwarded here, e.g. to tests.fakes.feishu's server, so one
+        # bot base_url serves both the long connection and the API calls, as on Feishu.
+        self.upstream = upstream.rstrip("/")
         self.ping_interval = ping_interval
         self.reconnect_interval = reconnect_interval
         self.reconnect_nonce = reconnect_nonce
@@ -303,6 +307,25 @@ class FakeFeishuWS:
             conn.closed_at = time.time()
         return ws
 
+    async def _proxy(self, request: web.Request) -> web.Response:
+        import aiohttp
+
+        hop = ("host", "content-length", "transfer-encoding", "connection", "keep-alive", "accept-encoding")
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in hop}
+        async with (
+            aiohttp.ClientSession() as session,
+            session.request(
+                request.method,
+                self.upstream + request.rel_url.path_qs,
+                headers=headers,
+                data=await request.read(),
+                skip_auto_headers=("Content-Type", "Accept-Encoding", "User-Agent"),  # forward them as they came
+            ) as upstream,
+        ):
+            body = await upstream.read()
+            keep = {k: v for k, v in upstream.headers.items() if k.lower().startswith(("content-type", "x-"))}
+            return web.Response(status=upstream.status, body=body, headers=keep)
+
     def _frame(self, method: int, headers: dict[str, str], payload: bytes):
         from lark_oapi.ws.pb.pbbp2_pb2 import Frame
 
@@ -326,6 +349,8 @@ class FakeFeishuWS:
             app = web.Application()
             app.router.add_post("/callback/ws/endpoint", self._endpoint)
             app.router.add_get("/ws", self._ws)
+            if self.upstream:
+                app.router.add_route("*", "/{tail:.*}", self._proxy)
             self._runner = web.AppRunner(app)
             self._loop.run_until_complete(self._runner.setup())
             site = web.TCPSite(self._runner, "127.0.0.1", 0)
