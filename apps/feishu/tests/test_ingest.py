@@ -176,7 +176,10 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_it_answers_503_when_postgresql_is_unreachable():
+@pytest.mark.parametrize(
+    "app", [["omniagent.asgi:application"], ["bench.ingress:fast_app", "--factory"]], ids=["django", "fast-path"]
+)
+def test_it_answers_503_when_postgresql_is_unreachable(app):
     port, dead = _free_port(), _free_port()  # nothing listens on `dead`
     env = {
         **os.environ,
@@ -185,7 +188,7 @@ def test_it_answers_503_when_postgresql_is_unreachable():
         "DB_POOL_TIMEOUT": "1",
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "omniagent.asgi:application", "--port", str(port), "--log-level", "warning"],
+        [sys.executable, "-m", "uvicorn", *app, "--port", str(port), "--log-level", "warning"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:
