@@ -425,7 +425,7 @@ def markdown(report: dict) -> str:
         "## Concurrency",
         "",
         f"`python -m bench.concurrency` on {report['machine']['cpus']} CPUs, {report['when']} "
-        f"(commit {report['commit']}). Real stack: uvicorn `{report['config']['web_app']}` "
+        f"(commit {report['commit']}). Real stack: uvicorn `{report['config'].get('web_app', 'omniagent.asgi:application')}` "
         f"({report['config']['web_workers']} process(es)), "
         f"{report['config']['worker_processes']} Celery worker process(es) `-P threads` with "
         f"{report['config']['worker_concurrency']} threads in all, beat, PostgreSQL, Redis, fake Feishu and fake LLM "
