@@ -52,6 +52,7 @@ ENCRYPT_KEY = "benchEncryptKey0123456789abcdef"
 VERIFICATION_TOKEN = "bench-verification-token"
 ANSWER = "Benchmark answer: the platform streamed this text into a Feishu card. " * 2
 SLOW_APP, FAST_APP = "cli_bench_slow", "cli_bench_fast"
+DEFAULT_APP = "omniagent.asgi:application"
 
 REPLY_RE = re.compile(r"^/open-apis/im/v1/messages/(om_[^/]+)/reply$")
 REACTION_RE = re.compile(r"^/open-apis/im/v1/messages/(om_[^/]+)/reactions(?:/[^/]+)?$")
@@ -425,7 +426,7 @@ def markdown(report: dict) -> str:
         "## Concurrency",
         "",
         f"`python -m bench.concurrency` on {report['machine']['cpus']} CPUs, {report['when']} "
-        f"(commit {report['commit']}). Real stack: uvicorn `{report['config'].get('web_app', 'omniagent.asgi:application')}` "
+        f"(commit {report['commit']}). Real stack: uvicorn `{report['config'].get('web_app', DEFAULT_APP)}` "
         f"({report['config']['web_workers']} process(es)), "
         f"{report['config']['worker_processes']} Celery worker process(es) `-P threads` with "
         f"{report['config']['worker_concurrency']} threads in all, beat, PostgreSQL, Redis, fake Feishu and fake LLM "
@@ -524,7 +525,7 @@ def main() -> int:
     parser.add_argument(
         "--worker-processes", type=int, default=1, help="Celery worker processes sharing --worker-concurrency"
     )
-    parser.add_argument("--web-app", default="omniagent.asgi:application", help="ASGI app uvicorn serves")
+    parser.add_argument("--web-app", default=DEFAULT_APP, help="ASGI app uvicorn serves")
     parser.add_argument("--web-factory", action="store_true", help="--web-app is a factory (uvicorn --factory)")
     parser.add_argument("--web-workers", type=int, default=1, help="uvicorn processes (deploy/ runs one)")
     parser.add_argument("--warmup", type=int, default=5, help="messages sent before measuring (not counted)")
