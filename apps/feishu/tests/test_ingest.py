@@ -19,7 +19,6 @@ from apps.feishu.models import OutboundMessage
 from apps.transcripts.models import Conversation, InboundEvent, Message
 from tests.factories import BindingFactory, BotFactory
 from tests.fakes.feishu_ws import bot_added_event, django_headers, mention, message_event, webhook_request
-from tests.fakes.fixtures import fake_feishu, fake_feishu_server  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -43,7 +42,7 @@ def _wait(predicate, timeout=10.0):
 # --- bot added -> welcome ---------------------------------------------------------------------
 
 
-def test_it_posts_the_welcome_message_once_when_the_bot_joins_a_group(transactional_db, fake_feishu):  # noqa: F811
+def test_it_posts_the_welcome_message_once_when_the_bot_joins_a_group(transactional_db, fake_feishu):
     bot = BotFactory(base_url=fake_feishu.base_url)
     fake_feishu.add_app(bot.app_id, bot.app_secret, open_id=bot.bot_open_id)
     BindingFactory(bot=bot, chat_type=Binding.ChatType.GROUP, welcome_message="大家好，我是案件助手。@我提问即可。")
@@ -78,7 +77,7 @@ def test_it_does_not_welcome_after_the_max_age(db, settings):
 # --- the bot's own open_id --------------------------------------------------------------------
 
 
-def test_it_learns_the_bot_open_id_from_feishu_to_recognise_its_mention(db, fake_feishu, settings):  # noqa: F811
+def test_it_learns_the_bot_open_id_from_feishu_to_recognise_its_mention(db, fake_feishu, settings):
     settings.TASK_RUNNER = "inprocess"
     bot = BotFactory(base_url=fake_feishu.base_url, bot_open_id="")
     fake_feishu.add_app(bot.app_id, bot.app_secret, open_id="ou_learned_bot")
@@ -107,7 +106,7 @@ def test_it_learns_the_bot_open_id_from_feishu_to_recognise_its_mention(db, fake
     assert len(fake_feishu.requests_to(r"/open-apis/bot/v3/info")) == 1  # cached on the row
 
 
-def test_it_answers_503_and_stores_nothing_when_the_bot_open_id_cannot_be_learned(db, fake_feishu):  # noqa: F811
+def test_it_answers_503_and_stores_nothing_when_the_bot_open_id_cannot_be_learned(db, fake_feishu):
     bot = BotFactory(base_url=fake_feishu.base_url, bot_open_id="")
     fake_feishu.add_app(bot.app_id, bot.app_secret)
     fake_feishu.inject_server_error(times=50, path=r"/open-apis/bot/v3/info")

@@ -17,9 +17,7 @@ from apps.feishu.tests.test_longconn import _listen
 from apps.transcripts.models import InboundEvent, Message, Turn
 from tests.factories import AgentFactory, BindingFactory, BotFactory
 from tests.fakes.feishu_ws import FakeFeishuWS, django_headers, message_event, webhook_request
-from tests.fakes.fixtures import fake_feishu, fake_feishu_server  # noqa: F401
 from tests.fakes.llm import Reply
-from tests.fakes.llm_fixtures import fake_llm, fake_llm_server  # noqa: F401
 
 pytestmark = pytest.mark.slow
 SECRET = "e2e-app-secret"
@@ -36,7 +34,7 @@ def _wait(predicate, timeout: float = 30.0):
 
 
 @pytest.fixture
-def ws(fake_feishu):  # noqa: F811
+def ws(fake_feishu):
     server = FakeFeishuWS(upstream=fake_feishu.base_url).start()
     yield server
     server.stop()
@@ -44,8 +42,8 @@ def ws(fake_feishu):  # noqa: F811
 
 def test_it_answers_once_a_message_delivered_three_times_by_webhook_and_once_by_long_connection(
     transactional_db,
-    fake_feishu,  # noqa: F811
-    fake_llm,  # noqa: F811
+    fake_feishu,
+    fake_llm,
     ws,
     settings,
 ):
