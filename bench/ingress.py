@@ -1,20 +1,21 @@
 """Webhook ingress benchmark: acknowledgement latency and sustained events/s against PostgreSQL + Redis.
 
-    .venv/bin/python bench/ingress.py [--workers 2] [--rate 200] [--duration 20] [--ramp 300,400,500,...]
+    .venv/bin/python bench/ingress.py [--app fast] [--workers 2] [--rate 200] [--duration 20] [--ramp 300,400,...]
 
 What it does
 - creates (or reuses) the database `oa_bench_ingress`, migrates it, and provisions one tenant, one bot
   (encrypt key + verification token, like production) and a p2p binding;
 - starts uvicorn (`omniagent.asgi:application`, uvloop + httptools) in real mode as a subprocess, turns
   dispatched to Celery on a Redis database no worker consumes (so only the ack path is measured:
-  verify → decrypt → one transaction → Celery publish on commit → 200);
+  verify → decrypt → one statement → Celery publish on commit → 200); `--app fast` serves the same
+  app behind `apps.feishu.views.webhook_fast_path` (the webhook without Django's middleware hops);
 - fires encrypted, signed `im.message.receive_v1` events open-loop at a fixed rate (each request is
   timed from its scheduled send time, so a server that falls behind is charged for the queueing),
   spread over 200 chats so conversations are created and updated concurrently;
 - phase 1: --rate events/s for --duration s; phase 2: a ramp of rates (8 s each) until p99 passes
   200 ms or requests fail;
-- prints the figures and writes bench/out/ingress.json; checks every acknowledged event is in the
-  database exactly once.
+- prints the figures (with CPU per phase: server ms per event, cores used by other processes) and
+  writes bench/out/ingress.json; checks every acknowledged event is in the database exactly once.
 """
 
 from __future__ import annotations
