@@ -6,12 +6,13 @@ from django.contrib import admin
 
 from apps.agents.models import Agent
 from apps.bindings.admin import BindingUnderAgentInline
+from apps.webchat.admin_links import webchat_link
 from omniagent.admin.options import TenantScopedAdmin
 
 
 @admin.register(Agent)
 class AgentAdmin(TenantScopedAdmin):
-    list_display = ("__str__", "slug", "tenant", "model", "base_url", "is_active", "updated_at")
+    list_display = ("__str__", "slug", "tenant", "model", "base_url", "is_active", "updated_at", webchat_link)
     list_filter = ("is_active", ("tenant", admin.RelatedOnlyFieldListFilter))
     list_select_related = ("tenant",)
     search_fields = ("slug", "name", "model", "description")

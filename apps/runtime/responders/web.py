@@ -84,6 +84,9 @@ class WebResponder(Responder):
         self._publish(ToolEnd(type="tool.end", turn_id=self.turn_id, name=name, ok=ok, summary=summary))
 
     def on_final(self, text: str) -> None:
+        # Send the tail that the throttle held back, so the deltas alone add up to the answer.
+        self._latest = text
+        self._flush_text()
         self._publish(Final(type="final", turn_id=self.turn_id, text=text, message_id=self.ctx.assistant_message_id))
 
     def on_notice(self, text: str) -> None:

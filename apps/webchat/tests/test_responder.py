@@ -71,6 +71,7 @@ async def test_it_streams_deltas_tools_and_the_final_answer_in_order(ctx, monkey
         {"type": "tool.start", "turn_id": turn, "name": "time.now", "arguments": {"tz": "UTC"}},
         {"type": "tool.end", "turn_id": turn, "name": "time.now", "ok": True, "summary": "12:00"},
         {"type": "text.delta", "turn_id": turn, "delta": ", it is 12:00"},
+        {"type": "text.delta", "turn_id": turn, "delta": "."},
         {"type": "final", "turn_id": turn, "text": "Hello, it is 12:00.", "message_id": 99},
     ]
 
