@@ -16,6 +16,7 @@ class OAuthToken(TenantOwnedModel):
     scopes = models.CharField(max_length=500, blank=True)
 
     class Meta:
+        verbose_name = "OAuth token"
         constraints = [models.UniqueConstraint(fields=["bot", "user_open_id"], name="oauthtoken_unique_user_per_bot")]
 
     def __str__(self) -> str:

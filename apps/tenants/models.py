@@ -62,6 +62,7 @@ class ApiKey(TenantOwnedModel):
     revoked_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
+        verbose_name = "API key"
         constraints = [models.UniqueConstraint(fields=["tenant", "name"], name="apikey_unique_name_per_tenant")]
 
     def __str__(self) -> str:

@@ -185,6 +185,7 @@ class LLMCall(TenantOwnedModel):
     trace_id = models.CharField(max_length=64, blank=True)
 
     class Meta:
+        verbose_name = "LLM call"
         ordering = ["id"]
 
     def __str__(self) -> str:
