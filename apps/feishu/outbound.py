@@ -13,7 +13,7 @@ import json
 import uuid as uuid_lib
 
 import structlog
-from django.db import transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from apps.feishu.client import FeishuClient, FeishuError
@@ -58,29 +58,49 @@ def outbound_send(
     if not uuid or len(uuid) > 50:
         raise ValueError("uuid must be 1..50 characters (Feishu's limit)")
     content_json = json.dumps(content, ensure_ascii=False, separators=(",", ":"))
-    outbound, created = OutboundMessage.objects.get_or_create(
-        bot=bot,
-        uuid=uuid,
-        defaults={
-            "tenant_id": bot.tenant_id,
-            "conversation": conversation,
-            "operation": operation,
-            "receive_id": receive_id,
-            "receive_id_type": receive_id_type,
-            "msg_type": msg_type,
-            "content": content_json,
-            "reply_in_thread": reply_in_thread,
-            "trace_id": trace_id,
-        },
-    )
-    if not created:
-        if outbound.status == OutboundMessage.Status.SENT:
-            logger.info("feishu.outbound.already_sent", outbound_id=outbound.pk, uuid=uuid, bot=bot.app_id)
-            return outbound
-        if outbound.content != content_json or outbound.msg_type != msg_type:
-            # Feishu would deduplicate on the uuid anyway; keep what the row (and admin) shows truthful
-            logger.warning("feishu.outbound.content_changed_on_resend", outbound_id=outbound.pk, uuid=uuid)
+    fields = {
+        "tenant_id": bot.tenant_id,
+        "conversation": conversation,
+        "operation": operation,
+        "receive_id": receive_id,
+        "receive_id_type": receive_id_type,
+        "msg_type": msg_type,
+        "content": content_json,
+        "reply_in_thread": reply_in_thread,
+        "trace_id": trace_id,
+    }
+    fresh = _insert_first_attempt(bot=bot, uuid=uuid, fields=fields)
+    if fresh is not None:
+        return _send(fresh, bot=bot)
+    outbound = OutboundMessage.objects.get(bot=bot, uuid=uuid)
+    if outbound.status == OutboundMessage.Status.SENT:
+        logger.info("feishu.outbound.already_sent", outbound_id=outbound.pk, uuid=uuid, bot=bot.app_id)
+        return outbound
+    if outbound.content != content_json or outbound.msg_type != msg_type:
+        # Feishu would deduplicate on the uuid anyway; keep what the row (and admin) shows truthful
+        logger.warning("feishu.outbound.content_changed_on_resend", outbound_id=outbound.pk, uuid=uuid)
     return _deliver(outbound, bot=bot)
+
+
+def _insert_first_attempt(*, bot, uuid: str, fields: dict) -> OutboundMessage | None:
+    """The common case, a new uuid: one INSERT of the row already counting its first attempt.
+
+    That row is committed before the call leaves the process (like _deliver's counted attempt), in
+    one round trip instead of get_or_create's SELECT + INSERT and _deliver's locked re-read.
+    None when the row exists (a repeat): the caller takes the locked path.
+    """
+    row = OutboundMessage(bot=bot, uuid=uuid, status=OutboundMessage.Status.PENDING, attempts=1, **fields)
+    try:
+        if connection.in_atomic_block:
+            with transaction.atomic():  # a savepoint, so a duplicate does not break the caller's transaction
+                row.save(force_insert=True)
+        else:
+            row.save(force_insert=True)  # autocommit: the single statement is its own transaction
+    except IntegrityError:
+        if OutboundMessage.objects.filter(bot=bot, uuid=uuid).exists():
+            return None
+        raise
+    return row
 
 
 def outbound_retry(*, outbound: OutboundMessage) -> OutboundMessage:
@@ -99,7 +119,11 @@ def _deliver(outbound: OutboundMessage, *, bot) -> OutboundMessage:
         locked.attempts += 1
         locked.status = OutboundMessage.Status.PENDING
         locked.save(update_fields=["attempts", "status", "updated_at"])
-    outbound = locked
+    return _send(locked, bot=bot)
+
+
+def _send(outbound: OutboundMessage, *, bot) -> OutboundMessage:
+    """Make the call for a row whose attempt is already counted, then record the outcome."""
     client = FeishuClient.for_bot(bot)
     content = json.loads(outbound.content)
     log = logger.bind(outbound_id=outbound.pk, uuid=outbound.uuid, bot=bot.app_id, trace_id=outbound.trace_id)
@@ -130,9 +154,16 @@ def _deliver(outbound: OutboundMessage, *, bot) -> OutboundMessage:
         raise
     outbound.status = OutboundMessage.Status.SENT
     outbound.feishu_message_id = message_id
-    outbound.sent_at = timezone.now()
+    outbound.sent_at = outbound.updated_at = timezone.now()
     outbound.last_error = ""
-    outbound.save(update_fields=["status", "feishu_message_id", "sent_at", "last_error", "updated_at"])
+    # update() rather than save(): one UPDATE without the model save machinery (no signals on this model)
+    OutboundMessage.objects.filter(pk=outbound.pk).update(
+        status=outbound.status,
+        feishu_message_id=message_id,
+        sent_at=outbound.sent_at,
+        last_error="",
+        updated_at=outbound.updated_at,
+    )
     log.info("feishu.outbound.sent", feishu_message_id=message_id, attempts=outbound.attempts)
     return outbound
 
