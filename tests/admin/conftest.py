@@ -12,23 +12,21 @@ from django.db.models import Model
 from django.urls import reverse
 
 from apps.tenants.models import Tenant
-from tests.admin.factories import (
-    ApiKeyFactory,
-    AuditLogFactory,
-    InboundEventFactory,
-    LLMCallFactory,
-    OutboundMessageFactory,
-    TurnFactory,
-)
 from tests.factories import (
     AgentFactory,
+    ApiKeyFactory,
+    AuditLogFactory,
     BindingFactory,
     BotFactory,
     ConversationFactory,
+    InboundEventFactory,
+    LLMCallFactory,
     MembershipFactory,
     MessageFactory,
     OAuthTokenFactory,
+    OutboundMessageFactory,
     TenantFactory,
+    TurnFactory,
 )
 
 

@@ -56,7 +56,7 @@ def test_it_gives_every_key_a_different_value(client, personas):
 
 
 def test_it_lets_an_owner_revoke_keys_but_not_a_viewer(client, personas):
-    from tests.admin.factories import ApiKeyFactory
+    from tests.factories import ApiKeyFactory
 
     key = ApiKeyFactory(tenant=personas.tenant_a)
     url = reverse("admin:tenants_apikey_changelist")

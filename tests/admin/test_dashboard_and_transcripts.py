@@ -12,8 +12,15 @@ from apps.audit.models import AuditLog
 from apps.bots.models import Bot
 from apps.feishu.models import OutboundMessage
 from apps.transcripts.models import Message, Turn
-from tests.admin.factories import LLMCallFactory, OutboundMessageFactory, TurnFactory
-from tests.factories import AgentFactory, BotFactory, ConversationFactory, MessageFactory
+from tests.factories import (
+    AgentFactory,
+    BotFactory,
+    ConversationFactory,
+    LLMCallFactory,
+    MessageFactory,
+    OutboundMessageFactory,
+    TurnFactory,
+)
 
 pytestmark = pytest.mark.django_db
 

@@ -129,8 +129,7 @@ def test_every_admin_registered_app_model_is_covered_by_these_tests():
 def test_it_lets_an_owner_delete_a_bot_with_history_and_audits_it(client, personas):
     from apps.audit.models import AuditLog
     from apps.bots.models import Bot
-    from tests.admin.factories import InboundEventFactory, OutboundMessageFactory
-    from tests.factories import BotFactory
+    from tests.factories import BotFactory, InboundEventFactory, OutboundMessageFactory
 
     bot = BotFactory(tenant=personas.tenant_a)
     InboundEventFactory(bot=bot)
