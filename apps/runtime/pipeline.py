@@ -25,7 +25,14 @@ from django.utils import timezone
 from apps.runtime.commands import command_parse, command_run
 from apps.runtime.errors import TurnCancelled, TurnError, user_message
 from apps.runtime.llm import LLMSession, parse_arguments, tool_calls_message
-from apps.runtime.memory import history_rounds, memory_compact, memory_fold, memory_select, session_refresh
+from apps.runtime.memory import (
+    Round,
+    history_rounds,
+    memory_compact,
+    memory_fold,
+    memory_select,
+    session_refresh,
+)
 from apps.runtime.responders.base import Responder, ResponderContext, responder_for
 from apps.runtime.tools import ToolContext, tool_run, tool_schemas, tools_for_agent
 from apps.transcripts.models import Conversation, LLMCall, Message, Turn
@@ -88,6 +95,9 @@ class TurnState:
     first_token_at: float | None = None
     tool_records: list[dict[str, Any]] = field(default_factory=list)
     llm: LLMSession | None = None
+    # BUILD's history when it folded nothing: every unfolded round of the session (lets the
+    # post-answer compaction decide without reading the history again). None: unknown.
+    history: list[Round] | None = None
 
 
 def message_process(*, message_id: int, active: ActiveTurn) -> None:
@@ -192,6 +202,7 @@ def turn_run(*, message: Message, active: ActiveTurn, trace_id: str) -> Turn:
                 message=message,
                 tools=tools,
                 llm=state.llm,
+                state=state,
             )
         db_release()  # nothing holds a connection while the model thinks
         with clock.stage("run"):
@@ -257,18 +268,48 @@ def turn_run(*, message: Message, active: ActiveTurn, trace_id: str) -> Turn:
         responder.close()
     duration_ms = int((time.monotonic() - started) * 1000)
     if outcome == Turn.Status.SUCCEEDED and state.llm is not None:
-        turn_memory_compact(turn=turn, conversation=conversation, agent=agent, llm=state.llm, clock=clock)
+        turn_memory_compact(
+            turn=turn,
+            conversation=conversation,
+            agent=agent,
+            llm=state.llm,
+            clock=clock,
+            rounds=_rounds_after(state.history, message=message, answer=answer),
+        )
     turn.timings = clock.timings
     Turn.objects.filter(pk=turn.pk).update(timings=clock.timings, duration_ms=duration_ms)
     logger.info("turn.end", status=outcome, timings=clock.timings)
     return turn
 
 
-def turn_memory_compact(*, turn: Turn, conversation: Conversation, agent: Agent, llm: LLMSession, clock) -> None:
+def _rounds_after(history: list[Round] | None, *, message: Message, answer: str) -> list[Round] | None:
+    """BUILD's history plus this turn's round: a superset (same order) of what history_rounds would
+    now read, so if all of it fits the memory limits, nothing needs folding."""
+    if history is None:
+        return None
+    assistant = Message(role=Message.Role.ASSISTANT, content=answer)
+    return [*history, Round(messages=[message, assistant])]
+
+
+def turn_memory_compact(
+    *,
+    turn: Turn,
+    conversation: Conversation,
+    agent: Agent,
+    llm: LLMSession,
+    clock,
+    rounds: list[Round] | None = None,
+) -> None:
     """After answering, fold what the next turn could not replay, so the user never waits for it.
 
     BUILD still folds when something is left over (a failed fold, changed agent settings).
+    ``rounds``: the session's rounds as known in memory (see _rounds_after); when they all fit, the
+    history is not read again (two queries per turn saved in the common case).
     """
+    if rounds is not None:
+        fold, _ = memory_select(rounds=rounds, agent=agent, summary=conversation.summary)
+        if not fold:
+            return
     started = time.monotonic()
     already = len(llm.calls)
     try:
@@ -369,9 +410,12 @@ def turn_build(
     message: Message,
     tools: list,
     llm: LLMSession,
+    state: TurnState | None = None,
 ) -> list[dict[str, Any]]:
     rounds = history_rounds(conversation=conversation, before_turn_id=turn.pk)
     fold, keep = memory_select(rounds=rounds, agent=agent, summary=conversation.summary)
+    if not fold and state is not None:
+        state.history = rounds
     if fold:
         db_release()
         memory_fold(conversation=conversation, rounds=fold, llm=llm)
