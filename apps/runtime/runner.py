@@ -142,16 +142,21 @@ def conversation_process(*, conversation_id: int) -> None:
     try:
         if taken == "expired":
             _recover(conversation_id=conversation_id)
+        claim = True
         while not active.lease_lost:
-            message_id = _claim_next(conversation_id=conversation_id)
+            # Right after a turn, usually nothing is pending: go straight to the locked release check
+            # (it looks for pending messages itself) instead of an unlocked look first.
+            message_id = _claim_next(conversation_id=conversation_id) if claim else None
             if message_id is None:
                 if lease_release_if_idle(conversation_id=conversation_id, token=token):
                     released = True
                     return
+                claim = True
                 continue
             active.reset()
             message_process(message_id=message_id, active=active)
             db_release()
+            claim = False
     finally:
         watchdog.unregister(active)
         if not released and not active.lease_lost:
