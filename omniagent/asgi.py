@@ -14,6 +14,10 @@ if settings.SERVE_STATIC:
 
     django_asgi_app = ASGIStaticFilesHandler(django_asgi_app)
 
+if settings.TASK_RUNNER == "inprocess":
+    from apps.runtime.warmup import runtime_warm_up_in_background
+
+    runtime_warm_up_in_background()
 if settings.INPROCESS_SWEEP:
     from apps.runtime.runner import inprocess_sweeper_start
 

@@ -31,12 +31,7 @@ def conversations_sweep_task() -> None:
 
 @worker_ready.connect
 def _warm_up(**_: object) -> None:
-    # First use imports lark-oapi (responders), the tool modules and the SDK's lazy modules: seconds
-    # of CPU that a burst of first turns would otherwise pay together, holding the GIL.
-    from apps.runtime.llm import llm_warm_up
-    from apps.runtime.responders import load_responders
-    from apps.runtime.tools import tool_get
+    # A burst of first turns would otherwise pay the imports together, holding the GIL.
+    from apps.runtime.warmup import runtime_warm_up
 
-    load_responders()
-    tool_get("calc")
-    llm_warm_up()
+    runtime_warm_up()

@@ -15,7 +15,7 @@ class Conversation(TenantOwnedModel):
     """One chat thread with an agent: a Feishu p2p chat, group or thread, an API session or a web chat."""
 
     origin = models.CharField(max_length=16, choices=Origin.choices)
-    key = models.CharField(max_length=200, unique=True, help_text="e.g. feishu:<bot>:<chat>[:<thread>]")
+    key = models.CharField(max_length=200, unique=True, help_text="e.g. feishu:BOT:CHAT[:THREAD]")
     bot = models.ForeignKey("bots.Bot", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     agent = models.ForeignKey("agents.Agent", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     chat_id = models.CharField(max_length=64, blank=True)
