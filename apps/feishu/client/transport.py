@@ -342,7 +342,8 @@ class FeishuTransport:
         headers = _build_header(request, option, self._config)
         url = _build_url(self._config.domain, request.uri, request.paths)
         timeout = settings.FEISHU_HTTP_TIMEOUT
-        raw = _sessions.get(self.base_url).request(
+        raw = _send(
+            _sessions.get(self.base_url),
             request.http_method.name,
             url,
             headers=headers,
@@ -361,6 +362,31 @@ class FeishuTransport:
         log_id = raw.headers.get("X-Tt-Logid") or ((body or {}).get("error") or {}).get("log_id") or ""
         token = (headers.get(AUTHORIZATION) or "").removeprefix("Bearer ")
         return FeishuResponse(raw.status_code, raw.headers, raw.content, body, log_id), token
+
+
+def _send(session: requests.Session, method: str, url: str, *, headers, params, data, timeout) -> requests.Response:
+    """``session.request(...)`` without its per-call bookkeeping, on the same pooled adapter.
+
+    Session.request merges the session's cookie jar, hooks, auth and environment settings into every
+    call and walks the redirect machinery; our sessions have none of those (no cookies, no hooks,
+    trust_env off, proxies and CA fixed at creation), so that was ~15% of a call's CPU for nothing.
+    The request is prepared the way Session.prepare_request would (same default headers, then ours)
+    and handed to the adapter, which raises the same requests exceptions. Feishu's Open API does
+    not redirect; if an answer ever does, the call is made again through session.request.
+    """
+    prepared = requests.PreparedRequest()
+    prepared.prepare_method(method)
+    prepared.prepare_url(url, params)
+    prepared.prepare_headers({**session.headers, **headers})
+    prepared.prepare_body(data, None)
+    adapter = session.get_adapter(url)
+    raw = adapter.send(
+        prepared, stream=False, timeout=timeout, verify=session.verify, cert=None, proxies=session.proxies
+    )
+    _ = raw.content  # read it all now (as Session.send does), releasing the connection to the pool
+    if raw.is_redirect and isinstance(data, bytes | None):  # an upload stream cannot be sent twice
+        return session.request(method, url, headers=headers, params=params, data=data, timeout=timeout)
+    return raw
 
 
 def _never_sent(exc: BaseException) -> bool:
