@@ -22,7 +22,7 @@ from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from apps.bindings.models import Binding
-from apps.bindings.selectors import binding_resolve
+from apps.bindings.selectors import binding_pick, binding_resolve
 from apps.bots.models import Bot
 from apps.feishu.normalize import InboundMessage, message_normalize, needs_bot_open_id
 from apps.runtime.dispatch import turn_enqueue
@@ -48,7 +48,7 @@ BINDING_CACHE_SECONDS = 5.0
 
 @dataclass(frozen=True)
 class _Candidate:
-    id: int
+    pk: int
     agent_id: int
     chat_type: str
     chat_id: str
@@ -209,16 +209,7 @@ def _route(*, bot: Bot, chat_type: str, chat_id: str, user_open_id: str) -> tupl
     binding_resolve's rules: a binding for this user beats one for this chat, which beats one for this
     chat type, which beats "any"; then higher priority; then the oldest.
     """
-    best, best_rank = None, None
-    for c in _bot_bindings(bot):
-        if (c.user_open_id and c.user_open_id != user_open_id) or (c.chat_id and c.chat_id != chat_id):
-            continue
-        if c.chat_type not in (chat_type, Binding.ChatType.ANY):
-            continue
-        specificity = 4 * bool(c.user_open_id) + 2 * bool(c.chat_id) + (c.chat_type != Binding.ChatType.ANY)
-        rank = (-specificity, -c.priority, c.id)
-        if best_rank is None or rank < best_rank:
-            best, best_rank = c, rank
+    best = binding_pick(_bot_bindings(bot), chat_type=chat_type, chat_id=chat_id, user_open_id=user_open_id)
     return (best.agent_id, best.require_mention) if best is not None else None
 
 

@@ -330,10 +330,12 @@ def turn_memory_compact(
 def turn_restore(*, conversation: Conversation, message: Message) -> tuple[Agent, Binding | None]:
     """The agent that answers: the bot's binding for this chat (resolved now, so an admin's change
     applies to the next message), else the conversation's own agent."""
+    from apps.bindings.selectors import binding_resolve
+
     binding = None
     agent = conversation.agent
     if conversation.bot_id:
-        binding = binding_for_chat(
+        binding = binding_resolve(
             bot=conversation.bot,
             chat_type=conversation.chat_type,
             chat_id=conversation.chat_id,
@@ -344,39 +346,6 @@ def turn_restore(*, conversation: Conversation, message: Message) -> tuple[Agent
     if agent is None or not agent.is_active:
         raise TurnError("AGENT_004", "no active agent for this conversation")
     return agent, binding
-
-
-def binding_for_chat(*, bot, chat_type: str, chat_id: str, user_open_id: str) -> Binding | None:
-    """apps.bindings.selectors.binding_resolve, with the ranking done here instead of in SQL.
-
-    Same filter, same rules (user beats chat beats chat type beats "any"; then higher priority; then
-    the oldest), read fresh on every turn; a test holds the two equal over a matrix of cases. The
-    selector's Case/When annotation and ORDER BY cost ~1.5 ms of Django query compilation per turn,
-    the largest single item of a turn's CPU; the plain filter returns the few candidates that match.
-    """
-    from django.db.models import Q
-
-    from apps.bindings.models import Binding
-
-    user_match = Q(user_open_id="")
-    if user_open_id:
-        user_match |= Q(user_open_id=user_open_id)
-    chat_match = Q(chat_id="")
-    if chat_id:
-        chat_match |= Q(chat_id=chat_id)
-    candidates = (
-        Binding.objects.for_tenant(bot.tenant_id)
-        .filter(bot=bot, is_enabled=True, agent__is_active=True)
-        .filter(user_match, chat_match, chat_type__in=[chat_type, Binding.ChatType.ANY])
-        .select_related("agent")
-    )
-    best, best_rank = None, None
-    for b in candidates:
-        specificity = 4 * bool(b.user_open_id) + 2 * bool(b.chat_id) + (b.chat_type != Binding.ChatType.ANY)
-        rank = (-specificity, -b.priority, b.pk)
-        if best_rank is None or rank < best_rank:
-            best, best_rank = b, rank
-    return best
 
 
 def system_prompt(*, conversation: Conversation, agent: Agent, binding: Binding | None, tools: list, now=None) -> str:
