@@ -6,14 +6,13 @@ import json
 from typing import Any
 
 from django.contrib import admin
-from django.db.models import Sum
 from django.http import HttpRequest
 from django.utils.html import format_html
 
 from apps.transcripts.models import Conversation, InboundEvent, LLMCall, Message, Turn
+from apps.transcripts.selectors import conversation_chat
 from omniagent.admin.options import TenantScopedAdmin
 
-CHAT_MESSAGE_LIMIT = 500  # newest messages shown on a conversation page; older ones via the Message list
 _REDACTED_KEYS = frozenset({"token", "encrypt", "app_secret", "access_token", "refresh_token", "tenant_access_token"})
 
 
@@ -54,45 +53,8 @@ class ConversationAdmin(_TranscriptAdmin):
 
     def change_view(self, request: HttpRequest, object_id, form_url="", extra_context=None):
         conversation = self.get_object(request, object_id)  # scoped: 404 for missing or foreign
-        extra_context = {**(extra_context or {}), "chat": conversation_chat(conversation)}
+        extra_context = {**(extra_context or {}), "chat": conversation_chat(conversation=conversation)}
         return super().change_view(request, object_id, form_url, extra_context)
-
-
-def conversation_chat(conversation: Conversation) -> list[dict[str, Any]]:
-    """The conversation as chat entries: a turn header before each turn's messages, then bubbles."""
-    messages = list(
-        Message.objects.for_tenant(conversation.tenant_id)
-        .filter(conversation=conversation)
-        .order_by("-id")[:CHAT_MESSAGE_LIMIT]
-    )[::-1]
-    turn_ids = {m.turn_id for m in messages if m.turn_id}
-    turns = {
-        t.pk: t
-        for t in Turn.objects.for_tenant(conversation.tenant_id)
-        .filter(pk__in=turn_ids)
-        .annotate(input_tokens=Sum("llm_calls__input_tokens"), output_tokens=Sum("llm_calls__output_tokens"))
-    }
-    entries: list[dict[str, Any]] = []
-    shown_turn = None
-    for message in messages:
-        if message.turn_id and message.turn_id != shown_turn and message.turn_id in turns:
-            shown_turn = message.turn_id
-            entries.append({"kind": "turn", "turn": turns[message.turn_id]})
-        entries.append(
-            {
-                "kind": "message",
-                "message": message,
-                "tool_calls": [
-                    {
-                        "name": (call.get("function") or {}).get("name") or call.get("name", ""),
-                        "arguments": (call.get("function") or {}).get("arguments") or call.get("arguments", ""),
-                    }
-                    for call in (message.tool_calls or [])
-                    if isinstance(call, dict)
-                ],
-            }
-        )
-    return entries
 
 
 @admin.register(Message)
