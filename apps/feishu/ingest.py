@@ -25,7 +25,8 @@ from apps.bindings.models import Binding
 from apps.bindings.selectors import binding_pick, binding_resolve
 from apps.bots.models import Bot
 from apps.feishu.normalize import InboundMessage, message_normalize, needs_bot_open_id
-from apps.runtime.dispatch import turn_enqueue
+from apps.runtime.commands import command_parse
+from apps.runtime.dispatch import stop_enqueue, turn_enqueue
 from apps.transcripts.models import Conversation, InboundEvent, Message, Origin
 from omniagent.metrics import INBOUND_EVENTS
 
@@ -382,6 +383,9 @@ def _message_ingest(*, bot: Bot, header: dict, payload: dict, source: str, trace
         return IngestResult(outcome="duplicate", reason="event already received")
     if status == InboundEvent.Status.ACCEPTED:
         turn_enqueue(conversation_id=conversation_id)  # committed already (or on the caller's commit)
+        # /stop must not wait for a free turn thread. The text is stripped, so one cheap check first.
+        if msg.text.startswith("/") and command_parse(msg.text) == "stop":
+            stop_enqueue(conversation_id=conversation_id)
     outcome = {InboundEvent.Status.ACCEPTED: "accepted", InboundEvent.Status.STALE: "stale"}.get(status, "ignored")
     return IngestResult(outcome=outcome, inbound_event_id=event_id, reason=reason)
 
