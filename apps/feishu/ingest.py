@@ -167,25 +167,25 @@ def _event_row(*, bot: Bot, header: dict, payload: dict, source: str, status: st
     )
 
 
+def _event_row_once(**fields) -> InboundEvent | None:
+    """Store the event unless (bot, event_id) is already there (a re-push); None for a duplicate."""
+    try:
+        with transaction.atomic():  # a savepoint, so a duplicate leaves the caller's transaction usable
+            return _event_row(**fields)
+    except IntegrityError:
+        return None
+
+
 def _record_duplicate_message(*, bot: Bot, header: dict, payload: dict, source: str, trace_id: str) -> bool:
     """Same message_id under a new event_id: keep the event for audit, do nothing else. False if the
     event itself was already there."""
     if InboundEvent.objects.filter(bot=bot, event_id=header["event_id"]).exists():
         return False
-    try:
-        with transaction.atomic():
-            _event_row(
-                bot=bot,
-                header=header,
-                payload=payload,
-                source=source,
-                status=InboundEvent.Status.DUPLICATE_MESSAGE,
-                reason="message already received",
-                trace_id=trace_id,
-            )
-    except IntegrityError:
-        return False
-    return True
+    row = _event_row_once(
+        bot=bot, header=header, payload=payload, source=source, trace_id=trace_id,
+        status=InboundEvent.Status.DUPLICATE_MESSAGE, reason="message already received",
+    )  # fmt: skip
+    return row is not None
 
 
 def _bot_bindings(bot: Bot) -> list[_Candidate]:
@@ -475,18 +475,11 @@ def _card_action_ingest(*, bot: Bot, header: dict, payload: dict, source: str, t
 
 
 def _other_ingest(*, bot: Bot, header: dict, payload: dict, source: str, trace_id: str) -> IngestResult:
-    try:
-        with transaction.atomic():
-            row = _event_row(
-                bot=bot,
-                header=header,
-                payload=payload,
-                source=source,
-                status=InboundEvent.Status.IGNORED,
-                reason="event type not handled",
-                trace_id=trace_id,
-            )
-    except IntegrityError:
+    row = _event_row_once(
+        bot=bot, header=header, payload=payload, source=source, trace_id=trace_id,
+        status=InboundEvent.Status.IGNORED, reason="event type not handled",
+    )  # fmt: skip
+    if row is None:
         return IngestResult(outcome="duplicate", reason="event already received")
     return IngestResult(outcome="ignored", inbound_event_id=row.pk, reason="event type not handled")
 
