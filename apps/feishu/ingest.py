@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 
 import structlog
@@ -45,6 +46,8 @@ _last_event_written: dict[int, float] = {}
 # as apps.bindings.selectors.binding_resolve (a test holds the two equal). Admin edits take effect
 # within this delay.
 BINDING_CACHE_SECONDS = 5.0
+
+_CONVERSATION_ID = RawSQL('(SELECT "id" FROM conv)', ())  # the message's FK, set by the statement
 
 
 @dataclass(frozen=True)
@@ -322,14 +325,57 @@ def _insert_sql(obj, *, update_fields: list[str] | None = None, unique_fields: l
     return statement, params
 
 
+# Compiling the three INSERTs was a sixth of the webhook's CPU, yet their text only depends on the
+# models, the conflict clause and which fields hold an SQL expression (the message's conversation
+# subquery). Compile once per such shape; per event only the values are prepared, the way Django's
+# compiler prepares them (pre_save, then get_db_prep_save). A test holds both equal.
+_compiled: dict[tuple, tuple[str, tuple]] = {}
+
+
+def _insert_sql_cached(obj, *, update_fields: list[str] | None = None, unique_fields: list[str] | None = None):
+    meta = obj._meta
+    fields = [f for f in meta.local_concrete_fields if not f.generated and f is not meta.auto_field]
+    expressions = tuple(f.attname for f in fields if hasattr(getattr(obj, f.attname), "resolve_expression"))
+    key = (type(obj), tuple(update_fields or ()), tuple(unique_fields or ()), expressions)
+    hit = _compiled.get(key)
+    if hit is None:
+        statement, _ = _insert_sql(obj, update_fields=update_fields, unique_fields=unique_fields)
+        hit = _compiled[key] = (statement, tuple(f for f in fields if f.attname not in expressions))
+    statement, value_fields = hit
+    connection = connections[DEFAULT_DB_ALIAS]
+    return statement, tuple(f.get_db_prep_save(f.pre_save(obj, True), connection=connection) for f in value_fields)
+
+
+@cache
+def _bound_cursor_class():
+    """A psycopg cursor with server-side binding whose query conversion is always cached.
+
+    psycopg caches the %s → $n conversion only for statements under 4096 bytes and 50 parameters; the
+    ingest statement has more parameters, so psycopg re-parsed it per event (another sixth of the CPU).
+    There is one such statement per shape, so an unbounded cache cannot grow. Relies on psycopg's
+    `_query_cls` hook (psycopg is pinned; the ingest tests run through this cursor).
+    """
+    import psycopg
+    from psycopg import _queries
+
+    class _CachedConversionQuery(_queries.PostgresQuery):
+        def convert(self, query, vars) -> None:
+            query = self._ensure_bytes(query)
+            self.query, self._want_formats, self._order, self._parts = _queries._query2pg(query, self._tx.encoding)
+            self.dump(vars)
+
+    class _BoundCursor(psycopg.Cursor):
+        _query_cls = _CachedConversionQuery
+
+    return _BoundCursor
+
+
 def _execute_bound(conn, statement: str, params: tuple) -> tuple:
     """Run with server-side parameter binding: psycopg then prepares the statement after a few runs,
     so neither Python (quoting the JSON payload into the SQL) nor PostgreSQL (parsing and planning a
     three-insert statement) redoes that work per event. Errors come out as Django's exceptions."""
-    import psycopg
-
     conn.ensure_connection()
-    with conn.wrap_database_errors, psycopg.Cursor(conn.connection) as cursor:
+    with conn.wrap_database_errors, _bound_cursor_class()(conn.connection) as cursor:
         cursor.execute(statement, params)
         return cursor.fetchone()
 
@@ -337,12 +383,12 @@ def _execute_bound(conn, statement: str, params: tuple) -> tuple:
 def _write_pg(event: InboundEvent, conversation: Conversation, message: Message) -> tuple[int, int]:
     """PostgreSQL: the same three writes as one statement (data-modifying CTEs), so one round trip and
     atomic without BEGIN/COMMIT. A duplicate event or message fails the whole statement."""
-    message.conversation_id = RawSQL('(SELECT "id" FROM conv)', ())
-    ev_sql, ev_params = _insert_sql(event)
-    conv_sql, conv_params = _insert_sql(
+    message.conversation_id = _CONVERSATION_ID
+    ev_sql, ev_params = _insert_sql_cached(event)
+    conv_sql, conv_params = _insert_sql_cached(
         conversation, update_fields=_conversation_update_fields(conversation), unique_fields=["key"]
     )
-    msg_sql, msg_params = _insert_sql(message)
+    msg_sql, msg_params = _insert_sql_cached(message)
     # Only Django-compiled INSERTs are interpolated; every value is a bound parameter.
     ctes = f"WITH ev AS ({ev_sql}), conv AS ({conv_sql}), msg AS ({msg_sql}) "
     statement = ctes + 'SELECT (SELECT "id" FROM ev), (SELECT "id" FROM conv), (SELECT "id" FROM msg)'  # noqa: S608

@@ -22,8 +22,11 @@ import structlog
 from django.conf import settings
 from django.db import close_old_connections, transaction
 
+from apps.runtime.publish import task_publish
+
 logger = structlog.get_logger(__name__)
 
+TURN_TASK = "runtime.conversation_process"  # apps.runtime.tasks.conversation_process_task
 CONTROL_QUEUE = "control"  # Celery queue of /stop handling; deploy runs a small worker on it alone
 STOP_THREADS = 2  # embedded default: /stop handling is a few queries and one notice
 
@@ -56,9 +59,7 @@ def _run_inprocess(conversation_id: int) -> None:
 
 def _send(conversation_id: int) -> None:
     if settings.TASK_RUNNER == "celery":
-        from apps.runtime.tasks import conversation_process_task
-
-        conversation_process_task.delay(conversation_id)
+        task_publish(TURN_TASK, (conversation_id,))
     else:
         _pool().submit(_run_inprocess, conversation_id)
 

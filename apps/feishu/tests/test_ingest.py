@@ -245,3 +245,41 @@ def test_it_routes_nothing_for_a_bot_without_bindings(db):
     from apps.feishu.ingest import _route
 
     assert _route(bot=BotFactory(), chat_type="p2p", chat_id="oc_x", user_open_id="ou_x") is None
+
+
+@pytest.mark.parametrize("answered", [True, False])
+def test_the_cached_statement_is_what_djangos_compiler_builds(db, answered, monkeypatch):
+    """The single-statement write compiles each INSERT once per shape and then only prepares values:
+    the text and the values must stay exactly what Django's compiler produces for the same rows."""
+    from django.db.models.expressions import RawSQL
+    from django.utils import timezone
+
+    from apps.feishu import ingest
+    from apps.feishu.normalize import message_normalize
+
+    now = timezone.now()
+    monkeypatch.setattr(timezone, "now", lambda: now)  # auto_now fields are set by pre_save on each build
+
+    def same(a, b):  # psycopg's Jsonb wrapper compares by identity: compare what it wraps
+        def plain(built):
+            return built[0], [getattr(value, "obj", value) for value in built[1]]
+
+        return plain(a) == plain(b)
+
+    bot = BotFactory()
+    for n in range(2):  # the first compiles (a miss), the second reuses
+        payload = message_event(app_id=bot.app_id, text=f"hello {n}", chat_id="oc_cache", message_id=f"om_cache_{n}")
+        msg = message_normalize(event=payload["event"], bot_open_id="")
+        event, conversation, message = ingest._rows(
+            bot=bot, header=payload["header"], payload=payload, source="webhook", trace_id="t" * 32, msg=msg,
+            status=InboundEvent.Status.ACCEPTED if answered else InboundEvent.Status.IGNORED, reason="",
+            agent_id=1 if answered else None, now=now,
+        )  # fmt: skip
+        message.conversation_id = RawSQL('(SELECT "id" FROM conv)', ())
+        fields = ingest._conversation_update_fields(conversation)
+        assert same(ingest._insert_sql_cached(event), ingest._insert_sql(event))
+        assert same(ingest._insert_sql_cached(message), ingest._insert_sql(message))
+        assert same(
+            ingest._insert_sql_cached(conversation, update_fields=fields, unique_fields=["key"]),
+            ingest._insert_sql(conversation, update_fields=fields, unique_fields=["key"]),
+        )
