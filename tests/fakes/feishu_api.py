@@ -82,6 +82,7 @@ class FeishuAPI:
         r("POST", "/open-apis/im/v1/images", self._h_image_upload)
         r("POST", "/open-apis/im/v1/files", self._h_file_upload)
         r("POST", "/open-apis/cardkit/v1/cards", self._h_card_create)
+        r("PUT", "/open-apis/cardkit/v1/cards/:card_id", self._h_card_update)
         r("PUT", "/open-apis/cardkit/v1/cards/:card_id/elements/:element_id/content", self._h_card_content)
         r("PATCH", "/open-apis/cardkit/v1/cards/:card_id/settings", self._h_card_settings)
         r("POST", "/open-apis/search/v2/doc_wiki/search", self._h_doc_search)
@@ -325,19 +326,7 @@ class FeishuAPI:
     # --- handlers: CardKit ----------------------------------------------------------------------
 
     def _h_card_create(self, rec: RecordedRequest, auth: dict) -> dict:
-        body = self._json_body(rec)
-        if body.get("type") != "card_json" or not isinstance(body.get("data"), str):
-            raise FeishuAPIError(CARD_INVALID, "type must be card_json and data a JSON string")
-        try:
-            card = json.loads(body["data"])
-        except ValueError:
-            raise FeishuAPIError(CARD_INVALID, "card data is not JSON")
-        if (
-            not isinstance(card, dict)
-            or card.get("schema") != "2.0"
-            or not isinstance((card.get("body") or {}).get("elements"), list)
-        ):
-            raise FeishuAPIError(CARD_INVALID, 'card JSON 2.0 needs "schema": "2.0" and body.elements')
+        card = _card_json(self._json_body(rec))
         card_id = "7" + "".join(secrets.choice("0123456789") for _ in range(18))
         elements: dict[str, dict] = {}
         _collect_elements(card, elements)
@@ -364,6 +353,27 @@ class FeishuAPI:
                 CARD_SEQUENCE_CONFLICT, f"sequence number compare failed: {sequence} <= {card['sequence']}"
             )
         return card
+
+    def _h_card_update(self, rec: RecordedRequest, auth: dict, card_id: str) -> dict:
+        """Full update: the new card JSON replaces everything (content, config incl. streaming_mode)."""
+        body = self._json_body(rec)
+        card = self._card_operation(auth, card_id, body)
+        if card is None:
+            return {"code": 0, "msg": "success", "data": {}}
+        if not isinstance(body.get("card"), dict):
+            raise FeishuAPIError(FIELD_VALIDATION, "field validation failed: card is required")
+        new = _card_json(body["card"])
+        if (new.get("config") or {}).get("update_multi") is False:
+            raise FeishuAPIError(CARD_INVALID, "a full update cannot make the card exclusive (update_multi false)")
+        elements: dict[str, dict] = {}
+        _collect_elements(new, elements)
+        card["card"], card["elements"] = new, elements
+        card["streaming_mode"] = bool((new.get("config") or {}).get("streaming_mode"))
+        card["sequence"] = body["sequence"]
+        card["operations"].append({"op": "update", "sequence": body["sequence"], "card": new})
+        if body.get("uuid"):
+            card["uuids"].add(body["uuid"])
+        return {"code": 0, "msg": "success", "data": {}}
 
     def _h_card_content(self, rec: RecordedRequest, auth: dict, card_id: str, element_id: str) -> dict:
         body = self._json_body(rec)
@@ -488,6 +498,25 @@ class FeishuAPI:
         if not isinstance(rec.json, dict):
             raise FeishuAPIError(FIELD_VALIDATION, "field validation failed: body must be a JSON object")
         return rec.json
+
+
+def _card_json(body: dict) -> dict:
+    """The card JSON 2.0 of a CardKit `{"type": "card_json", "data": "<JSON string>"}`, checked."""
+    if body.get("type") != "card_json" or not isinstance(body.get("data"), str):
+        raise FeishuAPIError(CARD_INVALID, "type must be card_json and data a JSON string")
+    if len(body["data"].encode()) > MAX_CARD_BYTES:
+        raise FeishuAPIError(CARD_INVALID, f"card JSON too long (>{MAX_CARD_BYTES} bytes)")
+    try:
+        card = json.loads(body["data"])
+    except ValueError:
+        raise FeishuAPIError(CARD_INVALID, "card data is not JSON") from None
+    if (
+        not isinstance(card, dict)
+        or card.get("schema") != "2.0"
+        or not isinstance((card.get("body") or {}).get("elements"), list)
+    ):
+        raise FeishuAPIError(CARD_INVALID, 'card JSON 2.0 needs "schema": "2.0" and body.elements')
+    return card
 
 
 def _collect_elements(node: Any, out: dict[str, dict]) -> None:

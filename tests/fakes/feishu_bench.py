@@ -27,19 +27,75 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _measure(label: str, calls: int, fn) -> None:
-    fn(-1)  # warm-up (token fetch, connection)
+def _measure(label: str, calls: int, fn, *, per: str = "call", warm: bool = True) -> None:
+    if warm:
+        fn(-1)  # warm-up (token fetch, connection)
     cpu0, wall0 = time.process_time(), time.perf_counter()
     for n in range(calls):
         fn(n)
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
-    print(f"{label:<44} cpu {cpu / calls * 1000:6.2f} ms/call   wall {wall / calls * 1000:6.2f} ms/call")
+    print(f"{label:<44} cpu {cpu / calls * 1000:6.2f} ms/{per}   wall {wall / calls * 1000:6.2f} ms/{per}")
+
+
+def _measure_answers(answers: int, base_url: str, *, server_pid: int) -> None:
+    """Whole answers as phase 1 of bench.concurrency produces them: reaction, first text, final, close.
+
+    Runs the real FeishuResponder (outbound rows in the database included) against the fake; the
+    throttle sleeps are set to zero (they cost wall time, not CPU). Prints this process's CPU per
+    answer, the fake's CPU per answer (from /proc) and the Feishu calls per answer the fake saw.
+    """
+    from apps.runtime.responders import feishu as responder_module
+    from apps.runtime.responders.base import ResponderContext
+    from apps.transcripts.models import Message, Origin
+    from tests.factories import BotFactory, ConversationFactory, TenantFactory
+
+    responder_module.THROTTLE_SECONDS = 0.0
+    tenant = TenantFactory(slug=f"bench-{os.getpid()}")
+    bot = BotFactory(tenant=tenant, base_url=base_url, app_id=f"cli_answers_{os.getpid()}")
+    conversation = ConversationFactory(
+        tenant=tenant, origin=Origin.FEISHU, bot=bot, chat_id="oc_bench", chat_type="p2p",
+        key=f"feishu:{bot.app_id}:oc_bench",
+    )  # fmt: skip
+    text = "Benchmark answer: the platform streamed this text into a Feishu card. " * 2
+
+    def answer(n: int) -> None:
+        user = Message(conversation=conversation, tenant=tenant, role="user", content="hi",
+                       external_id=f"om_answer_{os.getpid()}_{n}")  # fmt: skip
+        ctx = ResponderContext(conversation=conversation, turn=None, user_messages=[user], assistant_message_id=n + 10)
+        responder = responder_module.FeishuResponder(ctx)
+        responder.on_start()
+        responder.on_text_delta(text[:4])
+        responder.on_final(text)
+        responder.close()
+
+    def fake_cpu() -> float:
+        with open(f"/proc/{server_pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    answer(-1)
+    fake0 = fake_cpu()
+    calls0 = _fake_request_count(base_url)
+    _measure("whole answers (FeishuResponder, DB rows incl.)", answers, answer, per="answer", warm=False)
+    fake = fake_cpu() - fake0
+    calls = _fake_request_count(base_url) - calls0
+    per_answer = f"fake server cpu {fake / answers * 1000:6.2f} ms/answer   Feishu calls/answer {calls / answers:.2f}"
+    print(f"{'':<44} {per_answer}")
+
+
+def _fake_request_count(base_url: str) -> int:
+    import requests as http
+
+    return http.get(base_url + "/_fake/stats", timeout=5).json()["requests"]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--calls", type=int, default=500)
     parser.add_argument("--tls", action="store_true", help="serve the fake over https (self-signed), like Feishu")
+    parser.add_argument(
+        "--answers", type=int, default=0, help="also measure N whole answers through the Feishu responder (needs a DB)"
+    )
     args = parser.parse_args()
     tls_dir = tempfile.mkdtemp(prefix="fake-feishu-tls-") if args.tls else ""
     if tls_dir:
@@ -52,6 +108,9 @@ def main() -> None:
             out.write(public.read())
         os.environ["REQUESTS_CA_BUNDLE"] = bundle
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
+    # like bench.concurrency's worker: JSON logs at WARNING (LOG_LEVEL=info shows what logging costs)
+    os.environ.setdefault("LOG_FORMAT", "json")
+    os.environ.setdefault("LOG_LEVEL", "warning")
     import django
 
     django.setup()
@@ -90,6 +149,8 @@ def main() -> None:
         print(f"{args.calls} text replies each, fake Feishu ({base_url}) in a separate process")
         _measure("lark-oapi native (new connection per call)", args.calls, lark_native)
         _measure("FeishuClient (pooled + cache + limiter + log)", args.calls, ours)
+        if args.answers:
+            _measure_answers(args.answers, base_url, server_pid=server.pid)
     finally:
         server.terminate()
         server.wait(10)

@@ -1,10 +1,11 @@
 """The one door to the Feishu Open API (DESIGN §5 invariant 6).
 
-Every outbound call is built with lark-oapi's request builders and authenticated by lark-oapi's
-`verify()` / TokenManager, whose tenant token cache is swapped for the Django cache (Redis in real
-mode) through `ClientBuilder.cache(...)`, so all processes share one token per app. The built request
-is then sent here through a pooled `requests.Session` per base URL instead of lark's Transport, which
-opens a new connection (and TLS context) for every call.
+Tenant tokens come from lark-oapi's TokenManager, whose cache is swapped for the Django cache (Redis
+in real mode) through `ClientBuilder.cache(...)`, so all processes share one token per app. Uploads and
+data APIs are built with lark-oapi's request builders and `verify()`; the hot calls (messages, cards,
+reactions) are shaped by hand with the same paths and fields (lark's reflective request objects cost
+more CPU than the exchange). Every call is sent through pooled keep-alive connections
+(apps.feishu.client.http) instead of lark's Transport, which opens a new connection per call.
 
 Around each call: the per-app rate limiter (apps.feishu.ratelimit), retries with exponential backoff
 and jitter on 429 / 99991400 (honouring `x-ogw-ratelimit-reset`), 5xx and timeouts, one token refresh

@@ -1,4 +1,4 @@
-"""FeishuClient: the Feishu Open API calls the product makes, each built with lark-oapi's builders."""
+"""FeishuClient: the Feishu Open API calls the product makes (hot ones by hand, the rest with lark's builders)."""
 
 from __future__ import annotations
 
@@ -8,37 +8,19 @@ import threading
 from typing import Any
 
 from lark_oapi.api.bitable.v1 import SearchAppTableRecordRequest, SearchAppTableRecordRequestBody
-from lark_oapi.api.cardkit.v1 import (
-    ContentCardElementRequest,
-    ContentCardElementRequestBody,
-    CreateCardRequest,
-    CreateCardRequestBody,
-    SettingsCardRequest,
-    SettingsCardRequestBody,
-)
 from lark_oapi.api.docx.v1 import RawContentDocumentRequest
 from lark_oapi.api.im.v1 import (
     CreateFileRequest,
     CreateFileRequestBody,
     CreateImageRequest,
     CreateImageRequestBody,
-    CreateMessageReactionRequest,
-    CreateMessageReactionRequestBody,
-    CreateMessageRequest,
-    CreateMessageRequestBody,
-    DeleteMessageReactionRequest,
-    Emoji,
     GetMessageResourceRequest,
-    PatchMessageRequest,
-    PatchMessageRequestBody,
-    ReplyMessageRequest,
-    ReplyMessageRequestBody,
 )
 from lark_oapi.api.search.v2 import SearchDocWikiRequest, SearchDocWikiRequestBody
 from lark_oapi.core.enum import AccessTokenType, HttpMethod
 from lark_oapi.core.model import BaseRequest
 
-from apps.feishu.client.transport import FeishuTransport, _NamedBytes
+from apps.feishu.client.transport import FeishuTransport, JsonRequest, _NamedBytes
 
 
 def _json_str(value: dict | str) -> str:
@@ -67,114 +49,85 @@ class FeishuClient(FeishuTransport):
                 )
         return client
 
-    # --- messages ----------------------------------------------------------------------------
+    # --- messages (hot: shaped by hand, same fields as lark's Reply/CreateMessageRequestBody) -----
 
     def reply_message(
         self, *, message_id: str, msg_type: str, content: dict | str, uuid: str, reply_in_thread: bool = False
     ) -> str:
         """Reply to `message_id`; returns the new message id. `uuid` makes a repeat a no-op at Feishu."""
-
-        def build() -> BaseRequest:
-            body = (
-                ReplyMessageRequestBody.builder()
-                .content(_json_str(content))
-                .msg_type(msg_type)
-                .reply_in_thread(reply_in_thread)
-                .uuid(uuid)
-                .build()
-            )
-            return ReplyMessageRequest.builder().message_id(message_id).request_body(body).build()
-
-        return self._call("im.message.reply", build).data["message_id"]
+        body = {"content": _json_str(content), "msg_type": msg_type, "reply_in_thread": reply_in_thread, "uuid": uuid}
+        request = JsonRequest("POST", "/open-apis/im/v1/messages/:message_id/reply", {"message_id": message_id},
+                              body=body)  # fmt: skip
+        return self._call("im.message.reply", lambda: request).data["message_id"]
 
     def send_message(
         self, *, receive_id: str, receive_id_type: str, msg_type: str, content: dict | str, uuid: str
     ) -> str:
         """Send a new message to a chat or user; returns its message id."""
-
-        def build() -> BaseRequest:
-            body = (
-                CreateMessageRequestBody.builder()
-                .receive_id(receive_id)
-                .msg_type(msg_type)
-                .content(_json_str(content))
-                .uuid(uuid)
-                .build()
-            )
-            return CreateMessageRequest.builder().receive_id_type(receive_id_type).request_body(body).build()
-
-        return self._call("im.message.create", build).data["message_id"]
+        body = {"receive_id": receive_id, "msg_type": msg_type, "content": _json_str(content), "uuid": uuid}
+        query = {"receive_id_type": receive_id_type}
+        request = JsonRequest("POST", "/open-apis/im/v1/messages", query=query, body=body)
+        return self._call("im.message.create", lambda: request).data["message_id"]
 
     def patch_message(self, *, message_id: str, content: dict | str) -> None:
         """Replace the card of an interactive message we sent (card needs `update_multi`)."""
+        request = JsonRequest("PATCH", "/open-apis/im/v1/messages/:message_id", {"message_id": message_id},
+                              body={"content": _json_str(content)})  # fmt: skip
+        self._call("im.message.patch", lambda: request)
 
-        def build() -> BaseRequest:
-            body = PatchMessageRequestBody.builder().content(_json_str(content)).build()
-            return PatchMessageRequest.builder().message_id(message_id).request_body(body).build()
-
-        self._call("im.message.patch", build)
-
-    # --- CardKit streaming cards ---------------------------------------------------------------
+    # --- CardKit streaming cards (hot: shaped by hand, same fields as lark's cardkit.v1 bodies) ----
 
     def card_create(self, *, card: dict | str) -> str:
         """Create a CardKit card entity from card JSON 2.0; returns card_id."""
+        body = {"type": "card_json", "data": _json_str(card)}
+        request = JsonRequest("POST", "/open-apis/cardkit/v1/cards", body=body)
+        return self._call("cardkit.card.create", lambda: request).data["card_id"]
 
-        def build() -> BaseRequest:
-            body = CreateCardRequestBody.builder().type("card_json").data(_json_str(card)).build()
-            return CreateCardRequest.builder().request_body(body).build()
+    def card_update(self, *, card_id: str, card: dict | str, sequence: int, uuid: str = "") -> None:
+        """Replace the whole card (`PUT /cardkit/v1/cards/:card_id`, lark's cardkit.v1.card.update).
 
-        return self._call("cardkit.card.create", build).data["card_id"]
+        One call for "final text and end of streaming": the new card JSON carries the full content and
+        `config.streaming_mode: false`. `sequence` is the card's, shared with element updates.
+        """
+        body: dict[str, Any] = {"card": {"type": "card_json", "data": _json_str(card)}, "sequence": sequence}
+        if uuid:
+            body["uuid"] = uuid
+        request = JsonRequest("PUT", "/open-apis/cardkit/v1/cards/:card_id", {"card_id": card_id}, body=body)
+        self._call("cardkit.card.update", lambda: request, sequenced=True)
 
     def card_element_content(
         self, *, card_id: str, element_id: str, content: str, sequence: int, uuid: str = ""
     ) -> None:
         """Set the full text of a streaming element; `sequence` must grow strictly per card."""
-
-        def build() -> BaseRequest:
-            body = ContentCardElementRequestBody.builder().content(content).sequence(sequence)
-            if uuid:
-                body = body.uuid(uuid)
-            return (
-                ContentCardElementRequest.builder()
-                .card_id(card_id)
-                .element_id(element_id)
-                .request_body(body.build())
-                .build()
-            )
-
-        self._call("cardkit.card_element.content", build, sequenced=True)
+        body: dict[str, Any] = {"content": content, "sequence": sequence}
+        if uuid:
+            body["uuid"] = uuid
+        request = JsonRequest(
+            "PUT", "/open-apis/cardkit/v1/cards/:card_id/elements/:element_id/content",
+            {"card_id": card_id, "element_id": element_id}, body=body,
+        )  # fmt: skip
+        self._call("cardkit.card_element.content", lambda: request, sequenced=True)
 
     def card_settings(self, *, card_id: str, settings: dict | str, sequence: int, uuid: str = "") -> None:
         """Change card settings, e.g. `{"config": {"streaming_mode": false}}` to end streaming."""
+        body: dict[str, Any] = {"settings": _json_str(settings), "sequence": sequence}
+        if uuid:
+            body["uuid"] = uuid
+        request = JsonRequest("PATCH", "/open-apis/cardkit/v1/cards/:card_id/settings", {"card_id": card_id}, body=body)
+        self._call("cardkit.card.settings", lambda: request, sequenced=True)
 
-        def build() -> BaseRequest:
-            body = SettingsCardRequestBody.builder().settings(_json_str(settings)).sequence(sequence)
-            if uuid:
-                body = body.uuid(uuid)
-            return SettingsCardRequest.builder().card_id(card_id).request_body(body.build()).build()
-
-        self._call("cardkit.card.settings", build, sequenced=True)
-
-    # --- reactions, resources, uploads ----------------------------------------------------------
+    # --- reactions (hot), resources, uploads ------------------------------------------------------
 
     def reaction_add(self, *, message_id: str, emoji_type: str) -> str:
         """Add a reaction (emoji_type is case-sensitive: `OnIt`, `THUMBSUP`, `DONE`); returns reaction_id."""
-
-        def build() -> BaseRequest:
-            body = (
-                CreateMessageReactionRequestBody.builder()
-                .reaction_type(Emoji.builder().emoji_type(emoji_type).build())
-                .build()
-            )
-            return CreateMessageReactionRequest.builder().message_id(message_id).request_body(body).build()
-
-        return self._call("im.message_reaction.create", build).data["reaction_id"]
+        request = JsonRequest("POST", "/open-apis/im/v1/messages/:message_id/reactions", {"message_id": message_id},
+                              body={"reaction_type": {"emoji_type": emoji_type}})  # fmt: skip
+        return self._call("im.message_reaction.create", lambda: request).data["reaction_id"]
 
     def reaction_remove(self, *, message_id: str, reaction_id: str) -> None:
-        def build() -> BaseRequest:
-            return DeleteMessageReactionRequest.builder().message_id(message_id).reaction_id(reaction_id).build()
-
-        self._call("im.message_reaction.delete", build)
+        request = JsonRequest("DELETE", "/open-apis/im/v1/messages/:message_id/reactions/:reaction_id",
+                              {"message_id": message_id, "reaction_id": reaction_id})  # fmt: skip
+        self._call("im.message_reaction.delete", lambda: request)
 
     def resource_download(self, *, message_id: str, file_key: str, resource_type: str) -> bytes:
         """Bytes of an image/file attached to a message (`resource_type`: image | file)."""

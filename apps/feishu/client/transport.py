@@ -1,39 +1,40 @@
 """The engine under FeishuClient: authentication, pooled HTTP, retries, rate limiting, logging.
 
-lark-oapi builds and authenticates each request (`verify()` / TokenManager, whose tenant token cache is
-swapped for the Django cache, Redis in real mode, through `ClientBuilder.cache(...)`); it is then sent
-here through a pooled `requests.Session` per base URL instead of lark's Transport, which opens a new
-connection (and TLS context) for every call.
+lark-oapi owns the tenant token (TokenManager, whose cache is swapped for the Django cache, Redis in
+real mode, through `ClientBuilder.cache(...)`) and shapes the calls built with its builders (`verify()`).
+The hot calls (messages, cards, reactions) are shaped by hand as JsonRequest with the same paths and
+fields. Everything is sent through apps.feishu.client.http's pooled keep-alive connections instead of
+lark's Transport, which opens a new connection (and TLS context) for every call.
 """
 
 from __future__ import annotations
 
 import io
+import json
+import logging
 import mimetypes
-import os
 import random
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from http.cookiejar import DefaultCookiePolicy
+from dataclasses import dataclass, field
 from typing import Any
 
 import lark_oapi as lark
-import requests
 import structlog
-import urllib3
 from django.conf import settings
 from django.core.cache import cache
 from lark_oapi.core.cache import ICache
 from lark_oapi.core.const import AUTHORIZATION, CONTENT_TYPE
 from lark_oapi.core.enum import AccessTokenType
 from lark_oapi.core.exception import NoAuthorizationException, ObtainAccessTokenException
-from lark_oapi.core.http.transport import _build_header, _build_url
+from lark_oapi.core.http.transport import _build_header
 from lark_oapi.core.json import JSON
 from lark_oapi.core.model import BaseRequest, RequestOption
 from lark_oapi.core.token import TokenManager, verify
 from lark_oapi.core.utils import Files
+from lark_oapi.core.utils.user_agent import build_user_agent
 from requests_toolbelt import MultipartEncoder
 
 from apps.feishu.client.errors import (
@@ -47,12 +48,30 @@ from apps.feishu.client.errors import (
     TOKEN_PERMANENT,
     FeishuError,
 )
+from apps.feishu.client.http import NotSent, pool_for
 from apps.feishu.ratelimit import rate_limiter
 
 logger = structlog.get_logger("apps.feishu.client")
+# structlog's stdlib logger runs its processors before the level check; ok-lines are skipped up front
+_std_logger = logging.getLogger("apps.feishu.client")
 
 _MAX_HONOURED_RESET = 60.0  # never sleep longer than this on one x-ogw-ratelimit-reset
-_POOL_SIZE = 32
+_USER_AGENT = build_user_agent()
+_JSON_CONTENT_TYPE = "application/json; charset=utf-8"
+
+
+@dataclass
+class JsonRequest:
+    """A JSON Open API call shaped by hand: the hot calls (messages, cards, reactions), for which lark's
+    request objects and their reflective JSON encoder cost more than the HTTP exchange itself. The shapes
+    are lark-oapi's (same paths, same body fields); `paths` values are URL-quoted like lark's _build_url.
+    """
+
+    method: str
+    uri: str  # "/open-apis/...", with :name placeholders filled from `paths`
+    paths: dict[str, str] = field(default_factory=dict)
+    query: dict[str, str] = field(default_factory=dict)
+    body: dict | None = None
 
 
 class DjangoTokenCache(ICache):
@@ -116,36 +135,6 @@ class DjangoTokenCache(ICache):
 
 
 token_cache = DjangoTokenCache()
-
-
-class _Sessions:
-    """One pooled requests.Session per (process, base URL); sessions never store cookies."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._sessions: dict[tuple[int, str], requests.Session] = {}
-
-    def get(self, base_url: str) -> requests.Session:
-        key = (os.getpid(), base_url)  # a forked worker must not share the parent's sockets
-        session = self._sessions.get(key)
-        if session is None:
-            with self._lock:
-                session = self._sessions.get(key)
-                if session is None:
-                    session = requests.Session()
-                    session.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
-                    adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=_POOL_SIZE)
-                    session.mount("http://", adapter)
-                    session.mount("https://", adapter)
-                    # read proxy / CA settings from the environment once, not on every request
-                    session.proxies = requests.utils.get_environ_proxies(base_url)
-                    session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("SSL_CERT_FILE") or True
-                    session.trust_env = False
-                    self._sessions[key] = session
-        return session
-
-
-_sessions = _Sessions()
 
 
 @dataclass
@@ -218,7 +207,7 @@ class FeishuTransport:
     def _call(
         self,
         op: str,
-        build: Callable[[], BaseRequest],
+        build: Callable[[], BaseRequest | JsonRequest],
         *,
         multipart: bool = False,
         sequenced: bool = False,
@@ -248,11 +237,13 @@ class FeishuTransport:
                 )
             except NoAuthorizationException as exc:
                 error = FeishuError(BAD_RESPONSE, f"no credentials: {exc.msg}")
-            except requests.Timeout as exc:
-                maybe_applied = maybe_applied or not isinstance(exc, requests.ConnectTimeout)
-                error = FeishuError(NETWORK_ERROR, f"timeout: {exc.__class__.__name__}", retryable=True)
-            except requests.RequestException as exc:  # refused, reset, dropped mid-answer, ...
-                maybe_applied = maybe_applied or not _never_sent(exc)
+            except NotSent as exc:  # refused, unreachable, DNS, connect timeout, TLS handshake
+                error = FeishuError(NETWORK_ERROR, f"connection failed: {_describe(exc)}", retryable=True)
+            except TimeoutError as exc:  # sent, no answer in time: it may have been applied
+                maybe_applied = True
+                error = FeishuError(NETWORK_ERROR, f"timeout: {_describe(exc)}", retryable=True)
+            except OSError as exc:  # reset or dropped mid-exchange, unreadable answer: it may have been applied
+                maybe_applied = True
                 error = FeishuError(NETWORK_ERROR, f"connection failed: {_describe(exc)}", retryable=True)
             except ValueError as exc:  # the token endpoint answered something that is not JSON
                 error = FeishuError(BAD_RESPONSE, f"tenant token: unreadable answer ({exc})", retryable=True)
@@ -260,10 +251,11 @@ class FeishuTransport:
                 elapsed = round((time.monotonic() - started) * 1000, 1)
                 code = resp.code
                 if resp.ok:
-                    logger.info(
-                        "feishu.call", op=op, app_id=self.app_id, outcome="ok", http_status=resp.http_status,
-                        log_id=resp.log_id, attempt=attempt, ms=elapsed,
-                    )  # fmt: skip
+                    if _std_logger.isEnabledFor(logging.INFO):
+                        logger.info(
+                            "feishu.call", op=op, app_id=self.app_id, outcome="ok", http_status=resp.http_status,
+                            log_id=resp.log_id, attempt=attempt, ms=elapsed,
+                        )  # fmt: skip
                     return resp
                 if sequenced and code == CARD_SEQUENCE_CONFLICT and maybe_applied:
                     # our earlier attempt landed although we never saw the answer: done, not a conflict
@@ -321,89 +313,64 @@ class FeishuTransport:
         with _token_fetch_lock:
             return TokenManager.get_self_tenant_token(self._config)
 
-    def _execute(self, request: BaseRequest, *, multipart: bool, user_access_token: str) -> tuple[FeishuResponse, str]:
-        """lark-oapi authenticates and shapes the request; we send it on a pooled connection."""
+    def _execute(
+        self, request: BaseRequest | JsonRequest, *, multipart: bool, user_access_token: str
+    ) -> tuple[FeishuResponse, str]:
+        """Authenticate and shape the request (lark-oapi, or by hand for a JsonRequest); send it pooled."""
+        if isinstance(request, JsonRequest):
+            token = user_access_token or self._tenant_token()
+            headers = {"User-Agent": _USER_AGENT, AUTHORIZATION: f"Bearer {token}"}
+            data = None
+            if request.body is not None:
+                data = json.dumps(request.body, ensure_ascii=False, separators=(",", ":")).encode()
+                headers[CONTENT_TYPE] = _JSON_CONTENT_TYPE
+            uri = request.uri
+            for key, value in request.paths.items():
+                uri = uri.replace(":" + key, urllib.parse.quote(value, safe=""))
+            target = f"{uri}?{urllib.parse.urlencode(request.query)}" if request.query else uri
+            method = request.method
+        else:
+            target, method, headers, data = self._lark_shaped(request, multipart=multipart, user=user_access_token)
+            token = (headers.get(AUTHORIZATION) or "").removeprefix("Bearer ")
+        timeout = settings.FEISHU_HTTP_TIMEOUT
+        raw = pool_for(self.base_url).request(
+            method, target, headers=headers, body=data, timeout=(min(timeout, 5), timeout)
+        )
+        body = None
+        if (raw.headers.get("content-type") or "").startswith("application/json"):
+            try:
+                body = json.loads(raw.content)
+            except ValueError:
+                body = {"code": BAD_RESPONSE, "msg": f"invalid JSON answer, http {raw.status}"}
+        elif raw.status >= 400:
+            text = raw.content[:120].decode("utf-8", "replace")
+            body = {"code": BAD_RESPONSE, "msg": f"non-JSON answer, http {raw.status}: {text}"}
+        log_id = raw.headers.get("x-tt-logid") or ((body or {}).get("error") or {}).get("log_id") or ""
+        return FeishuResponse(raw.status, raw.headers, raw.content, body, log_id), token
+
+    def _lark_shaped(self, request: BaseRequest, *, multipart: bool, user: str) -> tuple[str, str, dict, Any]:
+        """lark-oapi authenticates and shapes a request built with its builders (uploads, data APIs)."""
         option = RequestOption()
-        if user_access_token:
-            option.user_access_token = user_access_token
+        if user:
+            option.user_access_token = user
         elif AccessTokenType.TENANT in request.token_types:
             option.tenant_access_token = self._tenant_token()
         verify(self._config, request, option)
-
         data: Any = None
         if request.body is not None:
             if multipart:
                 form = MultipartEncoder(_form_fields(Files.parse_form_data(request.body)))
-                data = form
+                data = form.to_string()
                 option.headers[CONTENT_TYPE] = form.content_type
             else:
                 data = JSON.marshal(request.body).encode("utf-8")
-                option.headers[CONTENT_TYPE] = "application/json; charset=utf-8"
+                option.headers[CONTENT_TYPE] = _JSON_CONTENT_TYPE
         headers = _build_header(request, option, self._config)
-        url = _build_url(self._config.domain, request.uri, request.paths)
-        timeout = settings.FEISHU_HTTP_TIMEOUT
-        raw = _send(
-            _sessions.get(self.base_url),
-            request.http_method.name,
-            url,
-            headers=headers,
-            params=request.queries,
-            data=data,
-            timeout=(min(timeout, 5), timeout),
-        )
-        body = None
-        if (raw.headers.get("Content-Type") or "").startswith("application/json"):
-            try:
-                body = raw.json()
-            except ValueError:
-                body = {"code": BAD_RESPONSE, "msg": f"invalid JSON answer, http {raw.status_code}"}
-        elif raw.status_code >= 400:
-            body = {"code": BAD_RESPONSE, "msg": f"non-JSON answer, http {raw.status_code}: {raw.text[:120]}"}
-        log_id = raw.headers.get("X-Tt-Logid") or ((body or {}).get("error") or {}).get("log_id") or ""
-        token = (headers.get(AUTHORIZATION) or "").removeprefix("Bearer ")
-        return FeishuResponse(raw.status_code, raw.headers, raw.content, body, log_id), token
-
-
-def _send(session: requests.Session, method: str, url: str, *, headers, params, data, timeout) -> requests.Response:
-    """``session.request(...)`` without its per-call bookkeeping, on the same pooled adapter.
-
-    Session.request merges the session's cookie jar, hooks, auth and environment settings into every
-    call and walks the redirect machinery; our sessions have none of those (no cookies, no hooks,
-    trust_env off, proxies and CA fixed at creation), so that was ~15% of a call's CPU for nothing.
-    The request is prepared the way Session.prepare_request would (same default headers, then ours)
-    and handed to the adapter, which raises the same requests exceptions. Feishu's Open API does
-    not redirect; if an answer ever does, the call is made again through session.request.
-    """
-    prepared = requests.PreparedRequest()
-    prepared.prepare_method(method)
-    prepared.prepare_url(url, params)
-    prepared.prepare_headers({**session.headers, **headers})
-    prepared.prepare_body(data, None)
-    adapter = session.get_adapter(url)
-    raw = adapter.send(
-        prepared, stream=False, timeout=timeout, verify=session.verify, cert=None, proxies=session.proxies
-    )
-    _ = raw.content  # read it all now (as Session.send does), releasing the connection to the pool
-    if raw.is_redirect and isinstance(data, bytes | None):  # an upload stream cannot be sent twice
-        return session.request(method, url, headers=headers, params=params, data=data, timeout=timeout)
-    return raw
-
-
-def _never_sent(exc: BaseException) -> bool:
-    """True when the request certainly never reached Feishu (no connection was established)."""
-    seen: BaseException | None = exc
-    for _ in range(8):  # requests wraps urllib3's MaxRetryError, which wraps the cause
-        if seen is None:
-            break
-        if isinstance(seen, urllib3.exceptions.NewConnectionError):  # includes NameResolutionError
-            return True
-        if isinstance(seen, urllib3.exceptions.MaxRetryError):
-            seen = seen.reason
-        elif seen.args and isinstance(seen.args[0], BaseException):
-            seen = seen.args[0]
-        else:
-            seen = seen.__cause__ or seen.__context__
-    return False
+        uri = request.uri
+        for key, value in (request.paths or {}).items():
+            uri = uri.replace(":" + key, urllib.parse.quote("" if value is None else str(value), safe=""))
+        target = f"{uri}?{urllib.parse.urlencode(request.queries)}" if request.queries else uri
+        return target, request.http_method.name, headers, data
 
 
 def _describe(exc: BaseException) -> str:
