@@ -346,3 +346,41 @@ def test_connections_are_reused(client, fake_feishu):
     peers = {r.peer for r in fake_feishu.requests_to(REPLY_PATH)}
     assert len(fake_feishu.messages) == 5
     assert len(peers) == 1, peers  # one pooled keep-alive connection, not one per call
+
+
+def test_a_full_card_update_shows_the_final_text_and_ends_streaming_in_one_call(client, fake_feishu):
+    card_id = client.card_create(card=STREAM_CARD)
+    client.card_element_content(card_id=card_id, element_id="answer", content="Hel", sequence=1)
+    element = {"tag": "markdown", "element_id": "answer", "content": "Hello, world."}
+    final = {**STREAM_CARD, "config": {"streaming_mode": False, "update_multi": True}, "body": {"elements": [element]}}
+
+    client.card_update(card_id=card_id, card=final, sequence=2)
+
+    card = fake_feishu.card(card_id)
+    assert card["elements"]["answer"]["content"] == "Hello, world."
+    assert card["streaming_mode"] is False
+    assert [(op["op"], op["sequence"]) for op in card["operations"]] == [("content", 1), ("update", 2)]
+    (put,) = fake_feishu.requests_to(rf"/cardkit/v1/cards/{card_id}$", "PUT")
+    assert put.json["card"]["type"] == "card_json" and isinstance(put.json["card"]["data"], str)
+    # streaming is over: element updates are refused, like Feishu does
+    with pytest.raises(FeishuError) as failure:
+        client.card_element_content(card_id=card_id, element_id="answer", content="late", sequence=3)
+    assert failure.value.code == 300309
+
+
+def test_a_full_card_update_is_checked_like_other_card_operations(client, fake_feishu):
+    card_id = client.card_create(card=STREAM_CARD)
+    client.card_update(card_id=card_id, card=STREAM_CARD, sequence=3, uuid="upd-1")
+    client.card_update(card_id=card_id, card=STREAM_CARD, sequence=3, uuid="upd-1")  # a repeat: applied once
+
+    with pytest.raises(FeishuError) as stale:
+        client.card_update(card_id=card_id, card=STREAM_CARD, sequence=3)
+    exclusive = {**STREAM_CARD, "config": {"update_multi": False}}
+    with pytest.raises(FeishuError) as not_shared:
+        client.card_update(card_id=card_id, card=exclusive, sequence=4)
+    with pytest.raises(FeishuError) as not_a_card:
+        client.card_update(card_id=card_id, card={"schema": "1.0"}, sequence=5)
+
+    assert stale.value.code == 300317
+    assert not_shared.value.code == not_a_card.value.code == 300301
+    assert [op["sequence"] for op in fake_feishu.card(card_id)["operations"]] == [3]

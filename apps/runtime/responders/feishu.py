@@ -6,8 +6,11 @@
   derived from the inbound message id, so a retried turn cannot post a second card.
 - Then the element's content is replaced with the whole text so far at most every 300 ms, with a
   strictly increasing per-card sequence; while a tool runs its name is shown under the text.
-- The end closes streaming. An answer longer than one card is split at a paragraph/line boundary
-  (a code block cut in two is closed and reopened) and continued in further cards.
+- The end is one full-card update (CardKit ``PUT /cards/:card_id``) carrying the final text with
+  ``streaming_mode: false``, instead of a last element update plus a settings call. An answer longer
+  than one card is split at a paragraph/line boundary (a code block cut in two is closed and
+  reopened) and continued in further cards. So a short answer costs five calls: reaction on, card
+  create, reply with the card, final update, reaction off.
 - If CardKit fails before a card was shown, the full answer goes out as plain (post/md) messages
   instead; once a card shows part of the answer only the part it does not show is sent, so the
   answer never appears twice. Errors show the product's message, never a traceback.
@@ -79,7 +82,7 @@ def split_text(text: str, limit: int) -> list[str]:
     return [p for p in parts if p.strip()]
 
 
-def card_json(*, content: str, message_id: int | None, streaming: bool) -> dict[str, Any]:
+def card_json(*, content: str, message_id: int | None, streaming: bool, summary: str = "") -> dict[str, Any]:
     elements: list[dict[str, Any]] = [{"tag": "markdown", "element_id": ELEMENT_ID, "content": content}]
     if message_id is not None:
         elements.append(
@@ -102,6 +105,8 @@ def card_json(*, content: str, message_id: int | None, streaming: bool) -> dict[
             }
         )
     config: dict[str, Any] = {"update_multi": True, "streaming_mode": streaming}
+    if summary:
+        config["summary"] = {"content": summary}
     if streaming:
         config["summary"] = {"content": "正在思考…"}
         config["streaming_config"] = {
@@ -217,7 +222,12 @@ class FeishuResponder(Responder):
     def _open(self, content: str, *, text: str | None = None, streaming: bool = True) -> bool:
         try:
             card_id = self.client.card_create(
-                card=card_json(content=content, message_id=self.ctx.assistant_message_id, streaming=streaming)
+                card=card_json(
+                    content=content,
+                    message_id=self.ctx.assistant_message_id,
+                    streaming=streaming,
+                    summary="" if streaming else content[:60],
+                )
             )
         except Exception as exc:
             logger.warning("feishu.card_create_failed", error=str(exc)[:300])
@@ -262,6 +272,38 @@ class FeishuResponder(Responder):
         self.last_push = time.monotonic()
         return True
 
+    def _finalize(self, content: str) -> bool:
+        """Show ``content`` and end streaming in one call: a full-card update with streaming_mode off.
+
+        (Element update + settings were two calls for the same result.) False when the card cannot
+        take it (broken earlier, or this update failed): the caller closes it and sends the rest as text.
+        """
+        card = self.card
+        if card is None or card.broken or card.closed:
+            return False
+        new = card_json(
+            content=content, message_id=self.ctx.assistant_message_id, streaming=False, summary=content[:60]
+        )
+        done = False
+        for skip in (1, 10):  # a sequence conflict: skip ahead, try once more
+            card.sequence += skip
+            try:
+                self.client.card_update(card_id=card.card_id, card=new, sequence=card.sequence)
+                done = True
+                break
+            except FeishuError as exc:
+                logger.warning("feishu.card_finalize_failed", code=exc.code, card_id=card.card_id)
+                if exc.code != 300317:
+                    break
+        if not done:
+            card.broken = True
+            return False
+        card.closed = True
+        live_cards.add(-1)
+        card.shown = card.text = content
+        self.last_push = time.monotonic()
+        return True
+
     def _close(self) -> None:
         card = self.card
         if card is None or card.closed:
@@ -286,11 +328,10 @@ class FeishuResponder(Responder):
             cut = max(cut, len(self.carry) + 1)
             part = segment[:cut].rstrip("\n") + closing
             if self.card is None:
-                if not self._open(part):
+                if not self._open(part, streaming=False):
                     return
-            elif not self._update(part):
+            elif not self._finalize(part):
                 return
-            self._close()
             self.card = None
             self.offset += cut - len(self.carry)
             self.carry = reopen
@@ -334,13 +375,12 @@ class FeishuResponder(Responder):
                 if wait > 0:
                     time.sleep(wait)
                 shown = self.card.text
-                if not self._update(final):
+                if not self._finalize(final):
                     # The live card is stuck on an older text: send only what it does not show.
                     self._close()
                     rest = final[len(shown) :] if shown.strip() and final.startswith(shown) else final
                     self._plain(("…" + rest) if rest is not final else rest, first_part=f"rest{self.cards_shown}")
                     return
-                self._close()
             if not self.cardkit_failed:
                 return
         # CardKit failed: cards already shown hold finished parts; send the rest once, as plain text.

@@ -78,11 +78,14 @@ def test_a_p2p_message_gets_a_reaction_and_a_streaming_card(fake_llm, fake_feish
     assert card["elements"]["answer"]["content"] == answer
     assert card["streaming_mode"] is False  # closed at the end
     ops = card["operations"]
-    assert ops[-1]["op"] == "settings" and ops[-1]["settings"]["config"]["streaming_mode"] is False
+    # the final text and the end of streaming are one full-card update
+    assert ops[-1]["op"] == "update" and ops[-1]["card"]["config"]["streaming_mode"] is False
+    assert [op["op"] for op in ops].count("update") == 1 and "settings" not in [op["op"] for op in ops]
+    assert card["card"]["config"]["summary"]["content"] == answer[:60]
     sequences = [op["sequence"] for op in ops]
     assert sequences == sorted(set(sequences)) and len(sequences) >= 3
     texts = [op["content"] for op in ops if op["op"] == "content"]
-    assert all(answer.startswith(t) for t in texts)  # every update shows a prefix of the answer
+    assert texts and all(answer.startswith(t) for t in texts)  # every update shows a prefix of the answer
     # Updates are throttled: never two content updates within ~300 ms of each other.
     times = [r.time for r in fake_feishu.requests_to(r"/cardkit/v1/cards/.+/elements/.+/content")]
     assert all(b - a >= 0.15 for a, b in zip(times, times[1:], strict=False)), times  # 0.3 s minus jitter
@@ -102,6 +105,8 @@ def test_a_p2p_message_gets_a_reaction_and_a_streaming_card(fake_llm, fake_feish
     user.refresh_from_db()
     assert user.status == Message.Status.DONE
     assert len(fake_feishu.messages) == 1  # the answer was shown once
+    # reaction on, card create, reply, n streamed updates, one final update, reaction off
+    assert len(fake_feishu.requests) == 5 + len(texts) + len(fake_feishu.token_requests)
 
 
 def test_the_card_shows_the_running_tool(fake_llm, fake_feishu, feishu_conversation):  # noqa: F811
@@ -115,7 +120,8 @@ def test_the_card_shows_the_running_tool(fake_llm, fake_feishu, feishu_conversat
 
     (reply,) = cards(fake_feishu)
     card = fake_feishu.card(reply["card_id"])
-    created_with = card["card"]["body"]["elements"][0]["content"]
+    created = json.loads(fake_feishu.requests_to(r"/cardkit/v1/cards$", "POST")[0].json["data"])
+    created_with = created["body"]["elements"][0]["content"]
     shown = [created_with] + [op["content"] for op in content_ops(fake_feishu, reply["card_id"])]
     assert any("calc" in s and "正在调用工具" in s for s in shown)
     assert card["elements"]["answer"]["content"] == "12 乘以 34 的结果是：12*34 = 408"
@@ -215,3 +221,24 @@ def test_when_card_updates_fail_the_rest_follows_as_text_without_repeating(fake_
     rest = plain["content"]["zh_cn"]["content"][0][0]["text"]
     assert on_card and answer.startswith(on_card)
     assert rest == "…" + answer[len(on_card) :]  # together exactly the answer, nothing twice
+
+
+def test_a_failed_final_update_closes_the_card_and_sends_only_the_rest(fake_llm, fake_feishu, feishu_conversation):  # noqa: F811
+    fake_feishu.inject_error(230001, path=r"/cardkit/v1/cards/\d+$")  # the full-card update
+    answer = "卡片上已经有开头。" + "最后一次整卡更新失败，剩下的作为文本发送。" * 3
+    fake_llm.script(Reply(text=answer, token_delay=0.05, chunk_chars=6))
+    feishu_post(feishu_conversation, "hi")
+
+    conversation_process(conversation_id=feishu_conversation.pk)
+
+    (card_message,) = cards(fake_feishu)
+    card = fake_feishu.card(card_message["card_id"])
+    on_card = card["elements"]["answer"]["content"]
+    (plain,) = [m for m in fake_feishu.messages if m["msg_type"] == "post"]
+    rest = plain["content"]["zh_cn"]["content"][0][0]["text"]
+    assert on_card and answer.startswith(on_card)
+    assert rest == "…" + answer[len(on_card) :]  # together exactly the answer, nothing twice
+    assert card["streaming_mode"] is False  # closed with a settings call instead
+    assert card["operations"][-1]["op"] == "settings"
+    (reaction,) = fake_feishu.reactions.values()
+    assert reaction["deleted"]
