@@ -42,6 +42,10 @@ class BadAnswer(OSError):  # noqa: N818
     """The server's answer was not HTTP/1.x we can read (or the connection closed before it)."""
 
 
+class ClosedBeforeAnswer(BadAnswer):
+    """The server closed (or reset) the connection before sending a single byte of an answer."""
+
+
 class Headers(dict):
     """Response headers with lower-cased names; `get`/`[]` accept any case."""
 
@@ -63,12 +67,13 @@ class Answer:
 
 
 class _Connection:
-    __slots__ = ("sock", "rfile", "idle_since")
+    __slots__ = ("sock", "rfile", "idle_since", "reused")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.rfile = sock.makefile("rb")
         self.idle_since = 0.0
+        self.reused = False
 
     def close(self) -> None:
         try:
@@ -115,15 +120,25 @@ class HttpPool:
         """`target` is the path with its query string; returns the whole answer (body read)."""
         if self._proxy is not None:
             return self._via_proxy(method, target, headers=headers, body=body, timeout=timeout)
+        head = self._head(method, target, headers, body)
         conn = self._checkout(timeout[0])
-        try:
-            conn.sock.settimeout(timeout[1])
-            head = self._head(method, target, headers, body)
-            conn.sock.sendall(head + body if body else head)
-            answer, keep = _read_answer(conn.rfile, method)
-        except BaseException:
-            conn.close()
-            raise
+        while True:
+            try:
+                conn.sock.settimeout(timeout[1])
+                conn.sock.sendall(head + body if body else head)
+                answer, keep = _read_answer(conn.rfile, method)
+                break
+            except (ClosedBeforeAnswer, BrokenPipeError, ConnectionResetError):
+                conn.close()
+                # A kept connection the server closed while it sat idle (the close crossed our request;
+                # the readability check cannot see a FIN still in flight): the request was not read,
+                # so it goes once more on a new connection, as browsers and urllib3's pools do.
+                if not conn.reused:
+                    raise
+                conn = self._connect(timeout[0])
+            except BaseException:
+                conn.close()
+                raise
         if keep:
             self._checkin(conn)
         else:
@@ -151,6 +166,7 @@ class HttpPool:
             if conn is None:
                 return self._connect(connect_timeout)
             if conn.usable(now):
+                conn.reused = True
                 return conn
             conn.close()
 
@@ -214,7 +230,7 @@ def _read_answer(rfile, method: str) -> tuple[Answer, bool]:
     """Read one answer; returns it and whether the connection can carry another request."""
     line = rfile.readline(_MAX_LINE + 1)
     if not line:
-        raise BadAnswer("connection closed before an answer")
+        raise ClosedBeforeAnswer("connection closed before an answer")
     try:
         version, status_text = line.split(None, 2)[:2]
         status = int(status_text)
