@@ -90,6 +90,19 @@ def _insert_first_attempt(*, bot, uuid: str, fields: dict) -> OutboundMessage | 
     None when the row exists (a repeat): the caller takes the locked path.
     """
     row = OutboundMessage(bot=bot, uuid=uuid, status=OutboundMessage.Status.PENDING, attempts=1, **fields)
+    sql = _statements().insert
+    if sql:
+        # INSERT ... ON CONFLICT (bot, uuid) DO NOTHING RETURNING id: a repeat returns no row instead of
+        # raising, so no savepoint is needed inside a transaction either.
+        params = [f.get_db_prep_save(f.pre_save(row, True), connection) for f in _statements().insert_fields]
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            found = cursor.fetchone()
+        if found is None:
+            return None
+        row.pk = found[0]
+        row._state.adding, row._state.db = False, connection.alias
+        return row
     try:
         if connection.in_atomic_block:
             with transaction.atomic():  # a savepoint, so a duplicate does not break the caller's transaction
@@ -101,6 +114,43 @@ def _insert_first_attempt(*, bot, uuid: str, fields: dict) -> OutboundMessage | 
             return None
         raise
     return row
+
+
+class _Statements:
+    """The two statements of every logged send, written once per process from the model's metadata.
+
+    The ORM's compilation of this INSERT and UPDATE cost more CPU than their round trips (~0.4 and
+    ~0.3 ms per send); the SQL is the same on PostgreSQL and SQLite (both have ON CONFLICT and
+    RETURNING). Another database gets empty strings and the ORM path.
+    """
+
+    def __init__(self) -> None:
+        meta = OutboundMessage._meta
+        q = connection.ops.quote_name
+        self.insert_fields = [f for f in meta.concrete_fields if not f.primary_key]
+        self.insert = self.mark_sent = ""
+        if connection.vendor in ("postgresql", "sqlite"):
+            columns = ", ".join(q(f.column) for f in self.insert_fields)
+            values = ", ".join(["%s"] * len(self.insert_fields))
+            bot, uuid = q(meta.get_field("bot").column), q(meta.get_field("uuid").column)
+            # only names from the model's _meta are interpolated; every value is a parameter
+            self.insert = (
+                f"INSERT INTO {q(meta.db_table)} ({columns}) VALUES ({values}) "  # noqa: S608
+                f"ON CONFLICT ({bot}, {uuid}) DO NOTHING RETURNING {q(meta.pk.column)}"
+            )
+            assigned = ("status", "feishu_message_id", "sent_at", "last_error", "updated_at")
+            sets = ", ".join(f"{q(meta.get_field(name).column)} = %s" for name in assigned)
+            self.mark_sent = f"UPDATE {q(meta.db_table)} SET {sets} WHERE {q(meta.pk.column)} = %s"  # noqa: S608
+
+
+_statements_cache: dict[str, _Statements] = {}
+
+
+def _statements() -> _Statements:
+    found = _statements_cache.get(connection.vendor)
+    if found is None:
+        found = _statements_cache[connection.vendor] = _Statements()
+    return found
 
 
 def outbound_retry(*, outbound: OutboundMessage) -> OutboundMessage:
@@ -156,14 +206,19 @@ def _send(outbound: OutboundMessage, *, bot) -> OutboundMessage:
     outbound.feishu_message_id = message_id
     outbound.sent_at = outbound.updated_at = timezone.now()
     outbound.last_error = ""
-    # update() rather than save(): one UPDATE without the model save machinery (no signals on this model)
-    OutboundMessage.objects.filter(pk=outbound.pk).update(
-        status=outbound.status,
-        feishu_message_id=message_id,
-        sent_at=outbound.sent_at,
-        last_error="",
-        updated_at=outbound.updated_at,
-    )
+    sql = _statements().mark_sent
+    if sql:
+        at = OutboundMessage._meta.get_field("sent_at").get_db_prep_save(outbound.sent_at, connection)
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [outbound.status, message_id, at, "", at, outbound.pk])
+    else:  # update(): one UPDATE without the model save machinery (no signals on this model)
+        OutboundMessage.objects.filter(pk=outbound.pk).update(
+            status=outbound.status,
+            feishu_message_id=message_id,
+            sent_at=outbound.sent_at,
+            last_error="",
+            updated_at=outbound.updated_at,
+        )
     log.info("feishu.outbound.sent", feishu_message_id=message_id, attempts=outbound.attempts)
     return outbound
 

@@ -202,3 +202,38 @@ def test_it_refuses_a_uuid_feishu_would_reject(feishu_bot, fake_feishu):
         send_reply(feishu_bot, uuid="x" * 51)
     assert OutboundMessage.objects.count() == 0
     assert fake_feishu.requests == []
+
+
+@pytest.mark.slow
+def test_the_logged_send_works_the_same_on_the_embedded_sqlite(fake_feishu, tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import django, json; django.setup()\n"
+        "from django.core.management import call_command; call_command('migrate', verbosity=0)\n"
+        "from apps.feishu.models import OutboundMessage\n"
+        "from apps.feishu.outbound import outbound_send\n"
+        "from tests.factories import BotFactory\n"
+        f"bot = BotFactory(base_url={fake_feishu.base_url!r})\n"
+        "send = lambda: outbound_send(bot=bot, uuid='sqlite-1', operation='reply', receive_id='om_in',"
+        " msg_type='text', content={'text': 'hi'})\n"
+        "first, again = send(), send()\n"
+        "row = OutboundMessage.objects.get()\n"
+        "print(json.dumps([first.pk, again.pk, row.pk, row.status, row.attempts, row.feishu_message_id,"
+        " row.sent_at is not None]))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    env |= {"DJANGO_SETTINGS_MODULE": "omniagent.settings", "OMNIAGENT_DATA_DIR": str(tmp_path), "LOG_LEVEL": "error"}
+    root = Path(__file__).resolve().parents[3]
+
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True, timeout=120)
+
+    assert out.returncode == 0, out.stderr[-2000:]
+    first, again, row, status, attempts, message_id, sent = json.loads(out.stdout.strip().splitlines()[-1])
+    assert first == again == row and (status, attempts, sent) == ("sent", 1, True)
+    [message] = fake_feishu.messages
+    assert message_id == message["message_id"]
