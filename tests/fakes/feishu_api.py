@@ -327,7 +327,7 @@ class FeishuAPI:
 
     def _h_card_create(self, rec: RecordedRequest, auth: dict) -> dict:
         card = _card_json(self._json_body(rec))
-        card_id = "7" + "".join(secrets.choice("0123456789") for _ in range(18))
+        card_id = f"7{secrets.randbelow(10**18):018d}"
         elements: dict[str, dict] = {}
         _collect_elements(card, elements)
         self.cards[card_id] = {
