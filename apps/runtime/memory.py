@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import structlog
+from django.db import DEFAULT_DB_ALIAS, connection
 from django.utils import timezone
 
+from apps.runtime import store
 from apps.transcripts.models import Conversation, Message, Turn
 
 if TYPE_CHECKING:
@@ -58,23 +60,38 @@ class Round:
         return [{"role": m.role, "content": m.content} for m in self.messages]
 
 
-def session_refresh(*, conversation: Conversation, agent: Agent, message: Message) -> bool:
-    """Start a new session if this is the first message or the previous one is older than the idle TTL."""
-    previous = (
-        Message.objects.filter(
-            conversation=conversation, id__lt=message.pk, role__in=[Message.Role.USER, Message.Role.ASSISTANT]
+_UNKNOWN = object()
+
+
+def session_due(*, conversation: Conversation, agent: Agent, message: Message) -> datetime | None:
+    """Where a new session starts if this message needs one (the first message, or the previous one
+    is older than the idle TTL), else None. ``message.previous_at`` (the created_at of the message
+    before it, set by the runner's claim) saves the query."""
+    previous = getattr(message, "previous_at", _UNKNOWN)
+    if previous is _UNKNOWN:
+        previous = (
+            Message.objects.filter(
+                conversation=conversation, id__lt=message.pk, role__in=[Message.Role.USER, Message.Role.ASSISTANT]
+            )
+            .order_by("-id")
+            .values_list("created_at", flat=True)
+            .first()
         )
-        .order_by("-id")
-        .values_list("created_at", flat=True)
-        .first()
-    )
     idle = timedelta(minutes=agent.memory_idle_minutes)
     stale = previous is not None and message.created_at - previous > idle
     if conversation.session_started_at is not None and not stale:
-        return False
-    session_start(conversation=conversation, at=message.created_at if stale else conversation.created_at)
+        return None
     if stale:
         logger.info("memory.session_expired", idle_minutes=agent.memory_idle_minutes)
+    return message.created_at if stale else conversation.created_at
+
+
+def session_refresh(*, conversation: Conversation, agent: Agent, message: Message) -> bool:
+    """Start a new session if this is the first message or the previous one is older than the idle TTL."""
+    at = session_due(conversation=conversation, agent=agent, message=message)
+    if at is None:
+        return False
+    session_start(conversation=conversation, at=at)
     return True
 
 
@@ -94,16 +111,21 @@ def history_rounds(*, conversation: Conversation, before_turn_id: int, limit: in
     Rounds are ordered by turn, not by message id: a message queued during a turn has a smaller id
     than that turn's answer. A round is folded when its user message id <= summary_upto_id.
     """
-    turn_ids = list(
+    turn_ids = (
         Turn.objects.filter(conversation=conversation, status=Turn.Status.SUCCEEDED, id__lt=before_turn_id)
         .order_by("-id")
-        .values_list("pk", flat=True)[:limit]
+        .values("pk")[:limit]
     )
-    messages = Message.objects.filter(turn_id__in=turn_ids, role__in=[Message.Role.USER, Message.Role.ASSISTANT]).only(
-        "id", "role", "content", "turn_id", "created_at"
-    )
+    if store.fast():
+        messages = _history_messages_pg(conversation_id=conversation.pk, before_turn_id=before_turn_id, limit=limit)
+    else:  # one query too: the turn ids are a subquery
+        messages = (
+            Message.objects.filter(turn_id__in=turn_ids, role__in=[Message.Role.USER, Message.Role.ASSISTANT])
+            .only("id", "role", "content", "turn_id", "created_at")
+            .order_by("id")
+        )
     by_turn: dict[int, list[Message]] = {}
-    for message in messages.order_by("id"):
+    for message in messages:
         by_turn.setdefault(message.turn_id, []).append(message)
     rounds = []
     for turn_id in sorted(by_turn):
@@ -117,6 +139,25 @@ def history_rounds(*, conversation: Conversation, before_turn_id: int, limit: in
             continue
         rounds.append(Round(messages=items))
     return rounds
+
+
+# In the model's field order: Model.from_db assigns a partial row's values in that order.
+_HISTORY_FIELDS = ["id", "created_at", "turn_id", "role", "content"]
+_HISTORY_SQL = """
+SELECT m.id, m.created_at, m.turn_id, m.role, m.content FROM transcripts_message m
+WHERE m.turn_id IN (
+    SELECT t.id FROM transcripts_turn t
+    WHERE t.conversation_id = %s AND t.status = 'succeeded' AND t.id < %s ORDER BY t.id DESC LIMIT %s
+) AND m.role IN ('user', 'assistant')
+ORDER BY m.id
+"""
+
+
+def _history_messages_pg(*, conversation_id: int, before_turn_id: int, limit: int) -> list[Message]:
+    # Hand-written: the ORM's compilation of this query cost more CPU than PostgreSQL's answer.
+    with connection.cursor() as cursor:
+        cursor.execute(_HISTORY_SQL, (conversation_id, before_turn_id, limit))
+        return [Message.from_db(DEFAULT_DB_ALIAS, _HISTORY_FIELDS, row) for row in cursor.fetchall()]
 
 
 def memory_select(*, rounds: list[Round], agent: Agent, summary: str) -> tuple[list[Round], list[Round]]:

@@ -22,6 +22,8 @@ import structlog
 from django.db import connection, transaction
 from django.utils import timezone
 
+from apps.runtime import store
+from apps.runtime.cache import agent_cached, binding_resolve_cached, bot_cached, tenant_cached
 from apps.runtime.commands import command_parse, command_run
 from apps.runtime.errors import TurnCancelled, TurnError, user_message
 from apps.runtime.llm import LLMSession, parse_arguments, tool_calls_message
@@ -31,6 +33,7 @@ from apps.runtime.memory import (
     memory_compact,
     memory_fold,
     memory_select,
+    session_due,
     session_refresh,
 )
 from apps.runtime.responders.base import Responder, ResponderContext, responder_for
@@ -50,7 +53,7 @@ EMPTY_ANSWER = "抱歉，这次没有得到回答，请换个说法再试。"
 
 def db_release() -> None:
     """Give this thread's connection back to the pool (not inside a transaction: tests, callers)."""
-    if not connection.in_atomic_block:
+    if connection.connection is not None and not connection.in_atomic_block:
         connection.close()
 
 
@@ -68,14 +71,20 @@ class Stopwatch:
 
 
 class GuardedResponder:
-    """Calls the channel's responder; a delivery failure is logged, never ends the turn."""
+    """Calls the channel's responder; a delivery failure is logged, never ends the turn.
+
+    The wrappers are built once per turn (not per call: on_text_delta runs once per streamed chunk).
+    """
+
+    EVENTS = ("on_start", "on_text_delta", "on_tool_start", "on_tool_end", "on_final", "on_error",
+              "on_cancelled", "on_notice", "close")  # fmt: skip
 
     def __init__(self, inner: Responder) -> None:
         self.inner = inner
+        for name in self.EVENTS:
+            setattr(self, name, self._guard(name, getattr(inner, name)))
 
-    def __getattr__(self, name: str):
-        method = getattr(self.inner, name)
-
+    def _guard(self, name: str, method):
         def call(*args: Any) -> None:
             try:
                 method(*args)
@@ -85,6 +94,9 @@ class GuardedResponder:
                 db_release()
 
         return call
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
 
 
 @dataclass
@@ -98,13 +110,44 @@ class TurnState:
     # BUILD's history when it folded nothing: every unfolded round of the session (lets the
     # post-answer compaction decide without reading the history again). None: unknown.
     history: list[Round] | None = None
+    # Known before BUILD: the session has no earlier rounds to replay (saves reading the history).
+    history_empty: bool = False
 
 
-def message_process(*, message_id: int, active: ActiveTurn) -> None:
-    """Answer one user message that the runner has claimed (status processing)."""
-    message = Message.objects.select_related("conversation__tenant", "conversation__bot", "conversation__agent").get(
-        pk=message_id
-    )
+@dataclass
+class TurnDone:
+    """A finished turn's stage timings, for the runner to write with its next statement."""
+
+    turn_id: int
+    timings: dict[str, int]
+    duration_ms: int
+
+
+def conversation_rows_attach(conversation: Conversation) -> Conversation:
+    """Attach the tenant, bot and agent from the per-process cache (apps.runtime.cache), so reading
+    them costs no query."""
+    conversation.tenant = tenant_cached(conversation.tenant_id)
+    if conversation.bot_id:
+        bot = bot_cached(conversation.bot_id)
+        if bot is not None:
+            conversation.bot = bot
+    if conversation.agent_id:
+        agent = agent_cached(conversation.agent_id)
+        if agent is not None:
+            conversation.agent = agent
+    return conversation
+
+
+def message_process(*, message: Message | int, active: ActiveTurn, defer_timings: bool = False) -> TurnDone | None:
+    """Answer one user message that the runner has claimed (status processing).
+
+    ``message``: the claimed row with its ``conversation`` (apps.runtime.store.claim), or its id.
+    ``defer_timings``: return the turn's timings instead of writing them (the runner writes them with
+    its next statement).
+    """
+    if isinstance(message, int):
+        message = Message.objects.select_related("conversation").get(pk=message)
+    conversation_rows_attach(message.conversation)
     trace_id = message.trace_id or uuid.uuid4().hex
     structlog.contextvars.bind_contextvars(
         trace_id=trace_id, conversation_id=message.conversation_id, message_id=message.pk
@@ -113,8 +156,8 @@ def message_process(*, message_id: int, active: ActiveTurn) -> None:
         name = command_parse(message.content)
         if name:
             command_answer(message=message, name=name, trace_id=trace_id)
-        else:
-            turn_run(message=message, active=active, trace_id=trace_id)
+            return None
+        return turn_run(message=message, active=active, trace_id=trace_id, defer_timings=defer_timings)
     finally:
         structlog.contextvars.unbind_contextvars("trace_id", "conversation_id", "message_id", "turn_id")
 
@@ -143,7 +186,7 @@ def command_answer(*, message: Message, name: str, trace_id: str) -> None:
     Message.objects.filter(pk=message.pk).update(status=Message.Status.DONE, trace_id=trace_id)
 
 
-def turn_run(*, message: Message, active: ActiveTurn, trace_id: str) -> Turn:
+def turn_run(*, message: Message, active: ActiveTurn, trace_id: str, defer_timings: bool = False) -> TurnDone:
     clock = Stopwatch()
     started = time.monotonic()
     conversation = message.conversation
@@ -158,33 +201,47 @@ def turn_run(*, message: Message, active: ActiveTurn, trace_id: str) -> Turn:
             agent, binding, restore_error = None, None, exc
         else:
             restore_error = None
-        turn = Turn.objects.create(
-            tenant_id=conversation.tenant_id,
-            conversation=conversation,
-            agent=agent,
-            status=Turn.Status.RUNNING,
-            trace_id=trace_id,
-            started_at=timezone.now(),
-        )
+        if store.fast():
+            session_at = session_due(conversation=conversation, agent=agent, message=message) if agent else None
+            turn, assistant = store.turn_open(
+                conversation=conversation,
+                message=message,
+                agent_id=agent.pk if agent else None,
+                trace_id=trace_id,
+                with_assistant=restore_error is None,
+                session_at=session_at,
+            )
+            # Nothing to replay: no earlier message at all, or a session that starts with this one.
+            state.history_empty = message.previous_at is None or session_at == message.created_at
+        else:
+            turn = Turn.objects.create(
+                tenant_id=conversation.tenant_id,
+                conversation=conversation,
+                agent=agent,
+                status=Turn.Status.RUNNING,
+                trace_id=trace_id,
+                started_at=timezone.now(),
+            )
+            Message.objects.filter(pk=message.pk).update(turn=turn, trace_id=trace_id)
         active.turn_id = turn.pk
         structlog.contextvars.bind_contextvars(turn_id=turn.pk)
-        Message.objects.filter(pk=message.pk).update(turn=turn, trace_id=trace_id)
     ctx = ResponderContext(conversation=conversation, turn=turn, user_messages=[message], trace_id=trace_id)
     logger.info("turn.start")
     try:
         with clock.stage("restore"):
             if restore_error is not None:
                 raise restore_error
-            session_refresh(conversation=conversation, agent=agent, message=message)
-            assistant = Message.objects.create(
-                tenant_id=conversation.tenant_id,
-                conversation=conversation,
-                turn=turn,
-                role=Message.Role.ASSISTANT,
-                status=Message.Status.PROCESSING,
-                trace_id=trace_id,
-                bot_id=conversation.bot_id,
-            )
+            if assistant is None:
+                session_refresh(conversation=conversation, agent=agent, message=message)
+                assistant = Message.objects.create(
+                    tenant_id=conversation.tenant_id,
+                    conversation=conversation,
+                    turn=turn,
+                    role=Message.Role.ASSISTANT,
+                    status=Message.Status.PROCESSING,
+                    trace_id=trace_id,
+                    bot_id=conversation.bot_id,
+                )
             ctx.assistant_message_id = assistant.pk
         db_release()
         responder = GuardedResponder(responder_for(ctx))
@@ -277,9 +334,10 @@ def turn_run(*, message: Message, active: ActiveTurn, trace_id: str) -> Turn:
             rounds=_rounds_after(state.history, message=message, answer=answer),
         )
     turn.timings = clock.timings
-    Turn.objects.filter(pk=turn.pk).update(timings=clock.timings, duration_ms=duration_ms)
+    if not defer_timings:
+        Turn.objects.filter(pk=turn.pk).update(timings=clock.timings, duration_ms=duration_ms)
     logger.info("turn.end", status=outcome, timings=clock.timings)
-    return turn
+    return TurnDone(turn_id=turn.pk, timings=clock.timings, duration_ms=duration_ms)
 
 
 def _rounds_after(history: list[Round] | None, *, message: Message, answer: str) -> list[Round] | None:
@@ -328,14 +386,13 @@ def turn_memory_compact(
 
 # -- stages ------------------------------------------------------------------------------------
 def turn_restore(*, conversation: Conversation, message: Message) -> tuple[Agent, Binding | None]:
-    """The agent that answers: the bot's binding for this chat (resolved now, so an admin's change
-    applies to the next message), else the conversation's own agent."""
-    from apps.bindings.selectors import binding_resolve
-
+    """The agent that answers: the bot's binding for this chat (resolved per message from the
+    per-process cache, so an admin's change applies within apps.runtime.cache.TTL_SECONDS), else
+    the conversation's own agent."""
     binding = None
     agent = conversation.agent
-    if conversation.bot_id:
-        binding = binding_resolve(
+    if conversation.bot_id and conversation.bot is not None:
+        binding = binding_resolve_cached(
             bot=conversation.bot,
             chat_type=conversation.chat_type,
             chat_id=conversation.chat_id,
@@ -381,7 +438,10 @@ def turn_build(
     llm: LLMSession,
     state: TurnState | None = None,
 ) -> list[dict[str, Any]]:
-    rounds = history_rounds(conversation=conversation, before_turn_id=turn.pk)
+    if state is not None and state.history_empty:
+        rounds = []
+    else:
+        rounds = history_rounds(conversation=conversation, before_turn_id=turn.pk)
     fold, keep = memory_select(rounds=rounds, agent=agent, summary=conversation.summary)
     if not fold and state is not None:
         state.history = rounds
@@ -485,17 +545,36 @@ def turn_save(
         Turn.Status.SUCCEEDED: Message.Status.DONE,
         Turn.Status.CANCELLED: Message.Status.CANCELLED,
     }.get(outcome, Message.Status.FAILED)
+    if assistant is not None:
+        assistant.content = answer
+        assistant.status = user_status
+        assistant.tool_calls = [{k: v for k, v in r.items() if k != "result"} for r in state.tool_records]
+        assistant.input_tokens = sum(c.input_tokens or 0 for c in calls) or None
+        assistant.output_tokens = sum(c.output_tokens or 0 for c in calls) or None
+        assistant.latency_ms = int((time.monotonic() - started) * 1000)
+        assistant.error_code = error.code if error else ""
+    first_token_ms = int((state.first_token_at - started) * 1000) if state.first_token_at else None
+    tool_rows = [_tool_row(turn, r) for r in state.tool_records]
+    call_rows = [_llm_call_row(turn, c) for c in calls]
+    if store.fast():
+        store.turn_close(
+            turn=turn,
+            message=message,
+            assistant=assistant,
+            user_status=user_status,
+            outcome=outcome,
+            error_code=error.code if error else "",
+            error_detail=error.detail if error else "",
+            first_token_ms=first_token_ms,
+            tool_rows=[_fields_of(row, TOOL_ROW_FIELDS) for row in tool_rows],
+            call_rows=[_fields_of(row, LLM_CALL_ROW_FIELDS) for row in call_rows],
+        )
+        turn.status = outcome
+        return
     now = timezone.now()
     with transaction.atomic():
         Message.objects.filter(pk=message.pk).update(status=user_status)
         if assistant is not None:
-            assistant.content = answer
-            assistant.status = user_status
-            assistant.tool_calls = [{k: v for k, v in r.items() if k != "result"} for r in state.tool_records]
-            assistant.input_tokens = sum(c.input_tokens or 0 for c in calls) or None
-            assistant.output_tokens = sum(c.output_tokens or 0 for c in calls) or None
-            assistant.latency_ms = int((time.monotonic() - started) * 1000)
-            assistant.error_code = error.code if error else ""
             assistant.save(
                 update_fields=[
                     "content",
@@ -508,27 +587,8 @@ def turn_save(
                     "updated_at",
                 ]
             )
-        Message.objects.bulk_create(
-            [
-                Message(
-                    tenant_id=turn.tenant_id,
-                    conversation_id=turn.conversation_id,
-                    turn=turn,
-                    role=Message.Role.TOOL,
-                    status=Message.Status.DONE if r["ok"] else Message.Status.FAILED,
-                    content=r["result"],
-                    tool_call_id=r["id"][:100],
-                    tool_name=r["name"][:100],
-                    tool_calls=[{"name": r["name"], "arguments": r["arguments"]}],
-                    latency_ms=r["duration_ms"],
-                    error_code=r["error_code"],
-                    trace_id=turn.trace_id,
-                )
-                for r in state.tool_records
-            ]
-        )
-        LLMCall.objects.bulk_create([_llm_call_row(turn, c) for c in calls])
-        first_token_ms = int((state.first_token_at - started) * 1000) if state.first_token_at else None
+        Message.objects.bulk_create(tool_rows)
+        LLMCall.objects.bulk_create(call_rows)
         Turn.objects.filter(pk=turn.pk).update(
             status=outcome,
             finished_at=now,
@@ -537,6 +597,31 @@ def turn_save(
             error_detail=error.detail if error else "",
         )
     turn.status = outcome
+
+
+TOOL_ROW_FIELDS = ("status", "content", "tool_calls", "tool_call_id", "tool_name", "latency_ms", "error_code")
+LLM_CALL_ROW_FIELDS = ("model", "input_tokens", "output_tokens", "first_token_ms", "latency_ms", "ok", "error")
+
+
+def _fields_of(row, names: tuple[str, ...]) -> dict[str, Any]:
+    return {name: getattr(row, name) for name in names}
+
+
+def _tool_row(turn: Turn, r: dict[str, Any]) -> Message:
+    return Message(
+        tenant_id=turn.tenant_id,
+        conversation_id=turn.conversation_id,
+        turn=turn,
+        role=Message.Role.TOOL,
+        status=Message.Status.DONE if r["ok"] else Message.Status.FAILED,
+        content=r["result"],
+        tool_call_id=r["id"][:100],
+        tool_name=r["name"][:100],
+        tool_calls=[{"name": r["name"], "arguments": r["arguments"]}],
+        latency_ms=r["duration_ms"],
+        error_code=r["error_code"],
+        trace_id=turn.trace_id,
+    )
 
 
 def _llm_call_row(turn: Turn, call) -> LLMCall:

@@ -10,6 +10,14 @@ message and bumps ``conversation.last_activity_at`` in one transaction, so it ei
 before the check (the runner sees the message and carries on) or it waits for the release and its
 on-commit enqueue then wins the free lease. Even without the bump, the enqueue's CAS on the
 runner token blocks on the row lock and re-checks after the release.
+
+On PostgreSQL the runner's steps are single statements (apps.runtime.store): taking the lease and
+claiming the first message are one, claiming the next message or releasing is one. That release
+does not lock the row before it checks, so a message committed meanwhile can be missed by its
+NOT EXISTS; right after releasing, the runner therefore looks again with a fresh snapshot, taking
+the lease back if a message is pending. Any message committed before that second look is seen by
+it; any committed after it was committed after the release too, so its own enqueue finds the lease
+free. (No reliance on the activity bump there.)
 """
 
 from __future__ import annotations
@@ -25,8 +33,9 @@ from django.db import close_old_connections, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from apps.runtime import store
 from apps.runtime.commands import NOTHING_TO_STOP_TEXT, STOPPED_TEXT, stop_commands_take
-from apps.runtime.pipeline import db_release, message_process, notice_send
+from apps.runtime.pipeline import TurnDone, db_release, message_process, notice_send
 from apps.runtime.watch import ActiveTurn, watchdog
 from apps.transcripts.models import Conversation, Message, Turn
 
@@ -54,6 +63,8 @@ def lease_acquire(*, conversation_id: int, token: str) -> bool:
 
 def lease_release_if_idle(*, conversation_id: int, token: str) -> bool:
     """Release the lease unless user messages are pending; True when released (or no longer ours)."""
+    if store.fast():
+        return store.lease_release(conversation_id=conversation_id, token=token)
     with transaction.atomic():
         owned = (
             Conversation.objects.select_for_update()
@@ -132,38 +143,86 @@ def _busy(*, conversation_id: int) -> None:
 def conversation_process(*, conversation_id: int) -> None:
     """Answer the conversation's pending user messages, one turn at a time, in arrival order."""
     token = uuid.uuid4().hex
-    taken = lease_take(conversation_id=conversation_id, token=token)
-    if not taken:
-        _busy(conversation_id=conversation_id)
-        return
+    message: Message | int | None = None
+    if store.fast():
+        first = store.claim(conversation_id=conversation_id, token=token)
+        message = first.message
+        if first.leased:
+            taken = "free"
+        elif first.expired:
+            taken = lease_take(conversation_id=conversation_id, token=token)
+        else:
+            taken = ""
+        if not taken:
+            if first.pending:
+                _busy(conversation_id=conversation_id)
+            return  # nothing pending and nobody to wake: nothing to do
+    else:
+        taken = lease_take(conversation_id=conversation_id, token=token)
+        if not taken:
+            _busy(conversation_id=conversation_id)
+            return
     active = ActiveTurn(conversation_id=conversation_id, token=token)
     watchdog.register(active)
     released = False
+    done: TurnDone | None = None
     try:
         if taken == "expired":
             _recover(conversation_id=conversation_id)
         claim = True
         while not active.lease_lost:
-            # Right after a turn, usually nothing is pending: go straight to the locked release check
-            # (it looks for pending messages itself) instead of an unlocked look first.
-            message_id = _claim_next(conversation_id=conversation_id) if claim else None
-            if message_id is None:
-                if lease_release_if_idle(conversation_id=conversation_id, token=token):
-                    released = True
+            if message is None:
+                message, released, claim = _next(
+                    conversation_id=conversation_id, token=token, active=active, claim=claim, done=done
+                )
+                done = None
+                if released:
                     return
-                claim = True
-                continue
+                if message is None:
+                    continue
             active.reset()
-            message_process(message_id=message_id, active=active)
+            done = message_process(message=message, active=active, defer_timings=store.fast())
+            message = None
             db_release()
             claim = False
     finally:
         watchdog.unregister(active)
+        if done is not None:  # the lease was lost right after a turn: write its timings on their own
+            Turn.objects.filter(pk=done.turn_id).update(timings=done.timings, duration_ms=done.duration_ms)
         if not released and not active.lease_lost:
             # An unexpected error (e.g. the database went away mid-turn): put the half-done message
             # back in the queue and free the conversation; the sweep re-enqueues it. If even this
             # fails, the lease expires and the next runner recovers the same way (_recover).
             _release_after_error(conversation_id=conversation_id, token=token)
+
+
+def _next(
+    *, conversation_id: int, token: str, active: ActiveTurn, claim: bool, done: TurnDone | None
+) -> tuple[Message | int | None, bool, bool]:
+    """(message claimed, lease released, claim on the next call); (None, False, ...) means look again
+    (or stop if ``active.lease_lost`` got set)."""
+    if store.fast():
+        timings = {"turn_id": done.turn_id, "timings": done.timings, "duration_ms": done.duration_ms} if done else {}
+        got = store.claim_next(conversation_id=conversation_id, token=token, **timings)
+        if not got.leased:
+            logger.warning("runner.lease_lost", conversation_id=conversation_id)
+            active.lease_lost = True
+            return None, False, True
+        if got.message is not None or not got.released:
+            return got.message, False, True  # None: a /stop took the pending message first; look again
+        # Released: look again with a fresh snapshot (see the module docstring), taking the lease back.
+        again = store.claim(conversation_id=conversation_id, token=token)
+        if not again.leased:
+            return None, True, True
+        return again.message, False, True
+    # Right after a turn, usually nothing is pending: go straight to the locked release check
+    # (it looks for pending messages itself) instead of an unlocked look first.
+    message_id = _claim_next(conversation_id=conversation_id) if claim else None
+    if message_id is not None:
+        return message_id, False, True
+    if lease_release_if_idle(conversation_id=conversation_id, token=token):
+        return None, True, True
+    return None, False, True
 
 
 def _release_after_error(*, conversation_id: int, token: str) -> None:

@@ -1,0 +1,378 @@
+"""The runner's and the turn's fixed reads and writes, each one statement on PostgreSQL.
+
+A plain turn used to cost ~21 ORM queries plus two transactions; the ORM's query compilation and
+each round trip are worker CPU under the GIL, which is what limits how many turns one process
+answers per second. On PostgreSQL the fixed steps below are one statement each (data-modifying
+CTEs are atomic without BEGIN/COMMIT), written by hand with every value a parameter:
+
+- ``claim``: take the runner lease if it is free *and* a user message is pending, claim the oldest
+  pending message, and return it with its conversation and the time of the message before it (for
+  the session's idle TTL). Also used to look again after a release (see runner.py: no lost wake-up).
+- ``claim_next``: after a turn, claim the next pending message while we still hold the lease, or
+  release the lease when none is pending; writes the finished turn's timings on the way.
+- ``turn_open``: the Turn row, the user message linked to it, the assistant message row, and a new
+  session when one starts.
+- ``turn_close``: the user and assistant messages' final state, tool rows, LLM call rows and the
+  Turn's outcome.
+
+SQLite (the embedded default) has none of this: callers keep their ORM path there (``fast()``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import cache
+from typing import Any
+
+from django.conf import settings
+from django.db import DEFAULT_DB_ALIAS, connection
+from django.db.models import Model
+from django.utils import timezone
+
+from apps.transcripts.models import Conversation, Message, Turn
+
+# Set to False to force the ORM path on PostgreSQL too (tests run both).
+SINGLE_STATEMENTS = True
+
+
+def fast() -> bool:
+    return SINGLE_STATEMENTS and connection.vendor == "postgresql"
+
+
+@cache
+def _fields(model: type[Model]) -> tuple[list[str], str, list[tuple[int, Any, list]]]:
+    """(attnames, "alias"-less column list, converters by position) of ``model``'s concrete fields."""
+    fields = list(model._meta.concrete_fields)
+    converters = [(i, f, f.get_db_converters(connection)) for i, f in enumerate(fields)]
+    return [f.attname for f in fields], ", ".join(f'"{f.column}"' for f in fields), [c for c in converters if c[2]]
+
+
+def _columns(model: type[Model], alias: str) -> str:
+    return ", ".join(f'{alias}."{f.column}"' for f in model._meta.concrete_fields)
+
+
+def _instance(model: type[Model], values: tuple | list):
+    """A model instance from a row of its concrete columns (as a queryset would build it)."""
+    names, _, converters = _fields(model)
+    if values[0] is None:
+        return None
+    values = list(values)
+    for index, field, funcs in converters:
+        for func in funcs:
+            values[index] = func(values[index], field, connection)
+    return model.from_db(DEFAULT_DB_ALIAS, names, values)
+
+
+def _execute(sql: str, params: dict[str, Any]) -> tuple:
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchone()
+
+
+@dataclass
+class Claim:
+    """What a claim statement found. ``message`` (with ``.conversation`` and ``.previous_at`` set)
+    when one was claimed."""
+
+    leased: bool = False  # we hold the lease (took it now, or still had it)
+    pending: bool = False  # a user message was pending when the statement ran
+    runner_token: str = ""
+    runner_lease_until: datetime | None = None
+    message: Message | None = None
+    released: bool = False
+
+    @property
+    def expired(self) -> bool:
+        """Another runner holds the lease but it has run out (it died)."""
+        return bool(self.runner_token) and (self.runner_lease_until is None or self.runner_lease_until < timezone.now())
+
+
+_USER_PENDING = "conversation_id = %(c)s AND role = 'user' AND status = 'pending'"
+
+
+@cache
+def _claim_sql() -> str:
+    return f"""
+WITH pending AS (
+    SELECT id FROM transcripts_message WHERE {_USER_PENDING} ORDER BY id LIMIT 1
+), lease AS (
+    UPDATE transcripts_conversation SET runner_token = %(token)s, runner_lease_until = %(until)s
+    WHERE id = %(c)s AND runner_token = '' AND EXISTS (SELECT 1 FROM pending)
+    RETURNING id
+), claimed AS (
+    UPDATE transcripts_message SET status = 'processing'
+    WHERE id = (SELECT id FROM pending) AND status = 'pending' AND EXISTS (SELECT 1 FROM lease)
+    RETURNING *
+)
+SELECT EXISTS (SELECT 1 FROM lease), EXISTS (SELECT 1 FROM pending), FALSE,
+    {_columns(Conversation, "c")}, {_columns(Message, "claimed")},
+    (SELECT p.created_at FROM transcripts_message p
+     WHERE p.conversation_id = %(c)s AND p.id < claimed.id AND p.role IN ('user', 'assistant')
+     ORDER BY p.id DESC LIMIT 1)
+FROM transcripts_conversation c LEFT JOIN claimed ON TRUE
+WHERE c.id = %(c)s
+"""  # noqa: S608 - only column lists from the models are interpolated
+
+
+@cache
+def _claim_next_sql() -> str:
+    return f"""
+WITH owned AS (
+    SELECT id FROM transcripts_conversation WHERE id = %(c)s AND runner_token = %(token)s
+), pending AS (
+    SELECT id FROM transcripts_message WHERE {_USER_PENDING} ORDER BY id LIMIT 1
+), released AS (
+    UPDATE transcripts_conversation SET runner_token = '', runner_lease_until = NULL
+    WHERE id = %(c)s AND runner_token = %(token)s AND NOT EXISTS (SELECT 1 FROM pending)
+    RETURNING id
+), claimed AS (
+    UPDATE transcripts_message SET status = 'processing'
+    WHERE id = (SELECT id FROM pending) AND status = 'pending' AND EXISTS (SELECT 1 FROM owned)
+    RETURNING *
+), timed AS (
+    UPDATE transcripts_turn SET timings = %(timings)s::jsonb, duration_ms = %(duration)s
+    WHERE id = %(turn)s
+)
+SELECT EXISTS (SELECT 1 FROM owned), EXISTS (SELECT 1 FROM pending), EXISTS (SELECT 1 FROM released),
+    {_columns(Conversation, "c")}, {_columns(Message, "claimed")},
+    (SELECT p.created_at FROM transcripts_message p
+     WHERE p.conversation_id = %(c)s AND p.id < claimed.id AND p.role IN ('user', 'assistant')
+     ORDER BY p.id DESC LIMIT 1)
+FROM transcripts_conversation c LEFT JOIN claimed ON TRUE
+WHERE c.id = %(c)s
+"""  # noqa: S608 - only column lists from the models are interpolated
+
+
+def _claim_result(row: tuple | None) -> Claim:
+    if row is None:  # the conversation is gone
+        return Claim()
+    n_conv = len(Conversation._meta.concrete_fields)
+    n_msg = len(Message._meta.concrete_fields)
+    leased, pending, released = row[0], row[1], row[2]
+    conversation = _instance(Conversation, row[3 : 3 + n_conv])
+    message = _instance(Message, row[3 + n_conv : 3 + n_conv + n_msg])
+    if message is not None:
+        message.conversation = conversation
+        message.previous_at = row[3 + n_conv + n_msg]
+    return Claim(
+        leased=leased,
+        pending=pending,
+        released=released,
+        runner_token=conversation.runner_token,
+        runner_lease_until=conversation.runner_lease_until,
+        message=message,
+    )
+
+
+def _lease_until() -> datetime:
+    return timezone.now() + timedelta(seconds=settings.TURN_LEASE_SECONDS)
+
+
+def claim(*, conversation_id: int, token: str) -> Claim:
+    """Take the free lease if a user message is pending and claim the oldest one, in one statement.
+
+    Not leased: ``runner_token``/``runner_lease_until`` say who holds it (as of the statement's
+    snapshot), ``pending`` whether there was anything to do.
+    """
+    row = _execute(_claim_sql(), {"c": conversation_id, "token": token, "until": _lease_until()})
+    return _claim_result(row)
+
+
+def claim_next(
+    *, conversation_id: int, token: str, turn_id: int | None = None, timings: dict | None = None, duration_ms=None
+) -> Claim:
+    """While we hold the lease: claim the oldest pending message, or release the lease if none is.
+
+    ``leased`` False: the lease was no longer ours (nothing claimed, nothing released). The release
+    does not lock the conversation first, so a message committed while it ran may be missed: the
+    caller must ``claim`` once more after a release (runner.py explains why that closes the gap).
+    ``turn_id``/``timings``/``duration_ms``: the finished turn's stage timings, written on the way.
+    """
+    params = {
+        "c": conversation_id,
+        "token": token,
+        "turn": turn_id,
+        "timings": json.dumps(timings or {}),
+        "duration": duration_ms,
+    }
+    return _claim_result(_execute(_claim_next_sql(), params))
+
+
+_RELEASE = f"""
+WITH owned AS (
+    SELECT id FROM transcripts_conversation WHERE id = %(c)s AND runner_token = %(token)s
+), released AS (
+    UPDATE transcripts_conversation SET runner_token = '', runner_lease_until = NULL
+    WHERE id = %(c)s AND runner_token = %(token)s
+      AND NOT EXISTS (SELECT 1 FROM transcripts_message WHERE {_USER_PENDING})
+    RETURNING id
+)
+SELECT EXISTS (SELECT 1 FROM owned), EXISTS (SELECT 1 FROM released)
+"""  # noqa: S608
+
+_LEASE_IF_PENDING = f"""
+UPDATE transcripts_conversation SET runner_token = %(token)s, runner_lease_until = %(until)s
+WHERE id = %(c)s AND runner_token = '' AND EXISTS (SELECT 1 FROM transcripts_message WHERE {_USER_PENDING})
+RETURNING id
+"""  # noqa: S608
+
+
+def lease_release(*, conversation_id: int, token: str) -> bool:
+    """Release our lease unless a user message is pending; True when released (or no longer ours).
+
+    The release statement may miss a message committed while it ran (its NOT EXISTS reads the
+    snapshot from before it waited for the row lock), so a second statement looks again with a fresh
+    snapshot and takes the lease back if something is pending: then it is False, the lease ours.
+    """
+    owned, released = _execute(_RELEASE, {"c": conversation_id, "token": token})
+    if not owned:
+        return True
+    if not released:
+        return False
+    params = {"c": conversation_id, "token": token, "until": _lease_until()}
+    return _execute(_LEASE_IF_PENDING, params) is None
+
+
+# -- the turn's own rows -----------------------------------------------------------------------
+_TURN_OPEN = """
+WITH turn AS (
+    INSERT INTO transcripts_turn (tenant_id, created_at, updated_at, conversation_id, agent_id, status, trace_id,
+        cancel_requested, started_at, first_token_ms, duration_ms, timings, error_code, error_detail)
+    VALUES (%(tenant)s, %(now)s, %(now)s, %(c)s, %(agent)s, 'running', %(trace)s,
+        FALSE, %(now)s, NULL, NULL, '{}'::jsonb, '', '')
+    RETURNING id
+), linked AS (
+    UPDATE transcripts_message SET turn_id = (SELECT id FROM turn), trace_id = %(trace)s WHERE id = %(message)s
+), assistant AS (
+    INSERT INTO transcripts_message (tenant_id, created_at, updated_at, conversation_id, turn_id, role, status,
+        content, attachments, mentions, tool_calls, tool_call_id, tool_name, sender_open_id, bot_id, external_id,
+        error_code, trace_id, feedback, feedback_by)
+    SELECT %(tenant)s, %(now)s, %(now)s, %(c)s, turn.id, 'assistant', 'processing',
+        '', '[]'::jsonb, '[]'::jsonb, '[]'::jsonb, '', '', '', %(bot)s, '', '', %(trace)s, '', ''
+    FROM turn WHERE %(with_assistant)s
+    RETURNING id
+), session AS (
+    UPDATE transcripts_conversation SET session_started_at = %(session_at)s, summary = '', summary_upto_id = NULL
+    WHERE id = %(c)s AND %(session_at)s::timestamptz IS NOT NULL
+)
+SELECT (SELECT id FROM turn), (SELECT id FROM assistant)
+"""
+
+
+def turn_open(
+    *,
+    conversation: Conversation,
+    message: Message,
+    agent_id: int | None,
+    trace_id: str,
+    with_assistant: bool,
+    session_at: datetime | None,
+) -> tuple[Turn, Message | None]:
+    """Insert the running Turn, link ``message`` to it, insert the assistant row (``with_assistant``)
+    and start a new session at ``session_at`` (if given), in one statement."""
+    now = timezone.now()
+    params = {
+        "tenant": conversation.tenant_id,
+        "now": now,
+        "c": conversation.pk,
+        "agent": agent_id,
+        "trace": trace_id,
+        "message": message.pk,
+        "bot": conversation.bot_id,
+        "with_assistant": with_assistant,
+        "session_at": session_at,
+    }
+    turn_id, assistant_id = _execute(_TURN_OPEN, params)
+    turn = Turn(
+        pk=turn_id, tenant_id=conversation.tenant_id, conversation=conversation, agent_id=agent_id,
+        status=Turn.Status.RUNNING, trace_id=trace_id, started_at=now, created_at=now, updated_at=now,
+    )  # fmt: skip
+    turn._state.adding = False
+    message.turn_id, message.trace_id = turn_id, trace_id
+    assistant = None
+    if assistant_id is not None:
+        assistant = Message(
+            pk=assistant_id, tenant_id=conversation.tenant_id, conversation=conversation, turn=turn,
+            role=Message.Role.ASSISTANT, status=Message.Status.PROCESSING, trace_id=trace_id,
+            bot_id=conversation.bot_id, created_at=now, updated_at=now,
+        )  # fmt: skip
+        assistant._state.adding = False
+    if session_at is not None:
+        conversation.session_started_at, conversation.summary, conversation.summary_upto_id = session_at, "", None
+    return turn, assistant
+
+
+_TURN_CLOSE = """
+WITH turn AS (
+    UPDATE transcripts_turn SET status = %(outcome)s, finished_at = %(now)s, first_token_ms = %(first_token_ms)s,
+        error_code = %(error_code)s, error_detail = %(error_detail)s
+    WHERE id = %(turn)s
+), user_message AS (
+    UPDATE transcripts_message SET status = %(status)s WHERE id = %(message)s
+), assistant AS (
+    UPDATE transcripts_message SET updated_at = %(now)s, status = %(status)s, content = %(content)s,
+        tool_calls = %(tool_calls)s::jsonb, input_tokens = %(input_tokens)s, output_tokens = %(output_tokens)s,
+        latency_ms = %(latency_ms)s, error_code = %(error_code)s
+    WHERE id = %(assistant)s
+), tools AS (
+    INSERT INTO transcripts_message (tenant_id, created_at, updated_at, conversation_id, turn_id, role, status,
+        content, attachments, mentions, tool_calls, tool_call_id, tool_name, sender_open_id, bot_id, external_id,
+        latency_ms, error_code, trace_id, feedback, feedback_by)
+    SELECT %(tenant)s, %(now)s, %(now)s, %(c)s, %(turn)s, 'tool', r.status, r.content, '[]'::jsonb, '[]'::jsonb,
+        r.tool_calls, r.tool_call_id, r.tool_name, '', NULL, '', r.latency_ms, r.error_code, %(trace)s, '', ''
+    FROM jsonb_to_recordset(%(tools)s::jsonb) AS r(status text, content text, tool_calls jsonb, tool_call_id text,
+        tool_name text, latency_ms integer, error_code text)
+), calls AS (
+    INSERT INTO transcripts_llmcall (tenant_id, created_at, updated_at, turn_id, model, input_tokens, output_tokens,
+        first_token_ms, latency_ms, ok, error, trace_id)
+    SELECT %(tenant)s, %(now)s, %(now)s, %(turn)s, r.model, r.input_tokens, r.output_tokens, r.first_token_ms,
+        r.latency_ms, r.ok, r.error, %(trace)s
+    FROM jsonb_to_recordset(%(calls)s::jsonb) AS r(model text, input_tokens integer, output_tokens integer,
+        first_token_ms integer, latency_ms integer, ok boolean, error text)
+)
+SELECT 1
+"""
+
+
+def turn_close(
+    *,
+    turn: Turn,
+    message: Message,
+    assistant: Message | None,
+    user_status: str,
+    outcome: str,
+    error_code: str,
+    error_detail: str,
+    first_token_ms: int | None,
+    tool_rows: list[dict[str, Any]],
+    call_rows: list[dict[str, Any]],
+) -> None:
+    """Write the turn's transcript in one statement (atomic like the transaction it replaces).
+
+    ``assistant`` carries its final fields; ``tool_rows``/``call_rows`` are the Message (role tool)
+    and LLMCall fields as dicts (see pipeline.turn_save).
+    """
+    params = {
+        "now": timezone.now(),
+        "turn": turn.pk,
+        "tenant": turn.tenant_id,
+        "c": turn.conversation_id,
+        "trace": turn.trace_id,
+        "outcome": outcome,
+        "first_token_ms": first_token_ms,
+        "error_code": error_code,
+        "error_detail": error_detail,
+        "message": message.pk,
+        "status": user_status,
+        "assistant": assistant.pk if assistant is not None else None,
+        "content": assistant.content if assistant is not None else "",
+        "tool_calls": json.dumps(assistant.tool_calls if assistant is not None else []),
+        "input_tokens": assistant.input_tokens if assistant is not None else None,
+        "output_tokens": assistant.output_tokens if assistant is not None else None,
+        "latency_ms": assistant.latency_ms if assistant is not None else None,
+        "tools": json.dumps(tool_rows),
+        "calls": json.dumps(call_rows),
+    }
+    _execute(_TURN_CLOSE, params)
