@@ -31,11 +31,9 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
-
-from aiohttp import web
 
 from tests.fakes.feishu_api import (  # noqa: F401  (codes re-exported for tests)
     BAD_CONTENT,
@@ -52,6 +50,7 @@ from tests.fakes.feishu_data import (
     DEFAULT_BITABLES,
     DEFAULT_DOCS,
 )
+from tests.fakes.feishu_http import HttpAnswer, HttpRequest, HttpServer, json_answer, parse_multipart, serve
 
 
 @dataclass
@@ -133,10 +132,11 @@ class FakeFeishu(FeishuAPI):
         self._lock = threading.RLock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._runner: web.AppRunner | None = None
+        self._server: HttpServer | None = None
         self._ids = itertools.count(1)
         self._log_second, self._log_prefix = 0, ""
         self._routes: list[_Route] = []
+        self._routes_by_method: dict[str, list[_Route]] = {}
         self._add_routes()
         self.reset()
 
@@ -162,7 +162,7 @@ class FakeFeishu(FeishuAPI):
                 return
             ready.set()
             loop.run_forever()
-            loop.run_until_complete(self._runner.cleanup())
+            loop.run_until_complete(self._server.close())
             loop.close()
 
         self._thread = threading.Thread(target=run, name="fake-feishu", daemon=True)
@@ -179,21 +179,12 @@ class FakeFeishu(FeishuAPI):
         self._loop = self._thread = None
 
     async def _serve(self) -> None:
-        # aiohttp's low-level server: every request goes to _dispatch, which routes itself; the
-        # Application's router and middleware chain were a fifth of the fake's CPU per request.
-        loop = asyncio.get_running_loop()
-
-        def make_request(message, payload, protocol, writer, task) -> web.BaseRequest:
-            return web.BaseRequest(message, payload, protocol, writer, task, loop, client_max_size=40 * 1024 * 1024)
-
-        server = web.Server(self._dispatch, request_factory=make_request, access_log=None)
-        self._runner = web.ServerRunner(server)
-        await self._runner.setup()
+        # tests.fakes.feishu_http: a small HTTP/1.1 protocol; aiohttp's server was half the fake's CPU
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.host, self.port))
         self.port = sock.getsockname()[1]
-        await web.SockSite(self._runner, sock, ssl_context=self.ssl_context).start()
+        self._server = await serve(self._dispatch, sock, self.ssl_context)
 
     def reset(self) -> None:
         """Forget everything: requests, messages, tokens, faults, cards; restore canned data."""
@@ -337,30 +328,25 @@ class FakeFeishu(FeishuAPI):
     def _route(self, method: str, pattern: str, handler: Callable, *, auth: bool = True) -> None:
         regex = "^" + re.sub(r":(\w+)", r"(?P<\1>[^/]+)", pattern) + "$"
         self._routes.append(_Route(method, re.compile(regex), handler, auth))
+        self._routes_by_method.setdefault(method, []).append(self._routes[-1])
 
-    async def _dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
+    def _dispatch(self, request: HttpRequest) -> HttpAnswer | Awaitable[HttpAnswer]:
+        """Record, apply a matching fault, route. Synchronous unless a fault delays the request or answer."""
         if request.path == "/_fake/stats":  # for benchmarks in another process; not recorded
             with self._lock:
-                return web.json_response({"requests": len(self._requests), "messages": len(self._messages)})
-        content_type = request.headers.get("Content-Type", "")
-        multipart_form = None
-        if content_type.startswith("multipart/form-data"):
-            try:
-                multipart_form = await request.post()
-            except Exception:  # malformed multipart: the handler answers field validation
-                multipart_form = {}
-            raw = b""
-        else:
-            raw = await request.read()
+                return json_answer({"requests": len(self._requests), "messages": len(self._messages)})
+        content_type = request.content_type
+        multipart = content_type.startswith("multipart/form-data")
+        raw = b"" if multipart else request.body
         rec = RecordedRequest(
             method=request.method,
             path=request.path,
-            query=dict(request.query),
-            headers=dict(request.headers),
+            query=request.query,
+            headers=request.headers,
             body=raw,
             time=time.time(),
             log_id=self._log_id(),
-            peer=_peer(request),
+            peer=request.peer,
         )
         # lark-oapi's token request carries no Content-Type; Feishu reads it as JSON anyway
         if raw and (content_type.startswith("application/json") or not content_type):
@@ -368,42 +354,52 @@ class FakeFeishu(FeishuAPI):
                 rec.json = json.loads(raw)
             except ValueError:
                 rec.json = None
-        if multipart_form is not None:
-            for name, value in multipart_form.items():
-                if isinstance(value, web.FileField):
-                    data = value.file.read()
-                    rec.files[name] = {
-                        "filename": value.filename, "size": len(data), "content_type": value.content_type,
-                        "data": data,
-                    }  # fmt: skip
-                else:
-                    rec.form[name] = str(value)
+        if multipart:
+            try:
+                rec.form, files = parse_multipart(content_type, request.body)
+            except Exception:  # malformed multipart: the handler answers field validation
+                files = {}
+            for name, upload in files.items():
+                rec.files[name] = {**upload, "size": len(upload["data"])}
         with self._lock:
             self._requests.append(rec)
             fault = next((f for f in self._faults if f.matches(rec.method, rec.path)), None)
             if fault is not None and fault.times is not None:
                 fault.times -= 1
-        if fault is not None:
-            if fault.delay:
-                await asyncio.sleep(fault.delay)
-            if fault.status:
-                rec.fault = fault.name
-                return self._answer_fault(rec, fault)
-        try:
-            payload, status, extra = self._handle(rec)
-        except FeishuAPIError as exc:
-            payload, status, extra = {"code": exc.code, "msg": exc.msg}, exc.status, {}
-        if fault is not None and fault.delay_answer:
+        if fault is not None and (fault.delay or fault.delay_answer):
+            return self._dispatch_later(rec, fault)
+        if fault is not None and fault.status:
+            rec.fault = fault.name
+            return self._answer_fault(rec, fault)
+        return self._answer(rec, *self._outcome(rec))
+
+    async def _dispatch_later(self, rec: RecordedRequest, fault: Fault) -> HttpAnswer:
+        if fault.delay:
+            await asyncio.sleep(fault.delay)
+        if fault.status:
+            rec.fault = fault.name
+            return self._answer_fault(rec, fault)
+        outcome = self._outcome(rec)  # applied now; the answer is held back
+        if fault.delay_answer:
             rec.fault = fault.name
             await asyncio.sleep(fault.delay_answer)
-        if isinstance(payload, web.Response):
+        return self._answer(rec, *outcome)
+
+    def _outcome(self, rec: RecordedRequest) -> tuple[Any, int, dict]:
+        try:
+            return self._handle(rec)
+        except FeishuAPIError as exc:
+            return {"code": exc.code, "msg": exc.msg}, exc.status, {}
+
+    def _answer(self, rec: RecordedRequest, payload: Any, status: int, extra: dict) -> HttpAnswer:
+        if isinstance(payload, HttpAnswer):
             rec.status, rec.code = payload.status, 0
             payload.headers["X-Tt-Logid"] = rec.log_id
             return payload
         if payload.get("code"):
             payload.setdefault("error", {"log_id": rec.log_id})
         rec.status, rec.code = status, payload.get("code")
-        return web.json_response(payload, status=status, headers={"X-Tt-Logid": rec.log_id, **extra})
+        return json_answer(payload, status, {"X-Tt-Logid": rec.log_id, **extra})
 
     def _log_id(self) -> str:
         """Feishu-like log id: the second it was made, then a counter (strftime once per second)."""
@@ -412,38 +408,29 @@ class FakeFeishu(FeishuAPI):
             self._log_second, self._log_prefix = now, time.strftime("%Y%m%d%H%M%S", time.localtime(now))
         return f"{self._log_prefix}{next(self._ids):010X}"
 
-    def _answer_fault(self, rec: RecordedRequest, fault: Fault) -> web.Response:
+    def _answer_fault(self, rec: RecordedRequest, fault: Fault) -> HttpAnswer:
         headers = {"X-Tt-Logid": rec.log_id, **fault.headers}
         rec.status = fault.status
         if fault.html:
             rec.code = None
-            return web.Response(
-                status=fault.status, text=f"<html><body>{fault.status} gateway error</body></html>",
-                content_type="text/html", headers=headers,
-            )  # fmt: skip
+            html = f"<html><body>{fault.status} gateway error</body></html>".encode()
+            return HttpAnswer(fault.status, html, "text/html; charset=utf-8", headers)
         rec.code = fault.code
         body = {"code": fault.code, "msg": fault.msg or "injected", "error": {"log_id": rec.log_id}}
-        return web.json_response(body, status=fault.status, headers=headers)
+        return json_answer(body, fault.status, headers)
 
     def _handle(self, rec: RecordedRequest) -> tuple[Any, int, dict]:
-        for route in self._routes:
-            if route.method != rec.method:
-                continue
+        for route in self._routes_by_method.get(rec.method, ()):
             m = route.pattern.match(rec.path)
             if m is None:
                 continue
             with self._lock:
                 auth = self._authenticate(rec) if route.auth else {}
                 result = route.handler(rec, auth, **m.groupdict())
-            if isinstance(result, web.Response):
+            if isinstance(result, HttpAnswer):
                 return result, result.status, {}
             return result, 200, {}
         raise FeishuAPIError(404, f"404 page not found: {rec.method} {rec.path}", status=404)
-
-
-def _peer(request: web.BaseRequest) -> str:
-    info = request.transport.get_extra_info("peername") if request.transport else None
-    return f"{info[0]}:{info[1]}" if info else ""
 
 
 def self_signed_certificate(directory: str) -> tuple[str, str]:

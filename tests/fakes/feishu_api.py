@@ -13,8 +13,6 @@ import secrets
 import time
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
-
 from tests.fakes.feishu_data import (
     BITABLE_OPERATORS,
     EMOJI_TYPES,
@@ -24,6 +22,7 @@ from tests.fakes.feishu_data import (
     RECEIVE_ID_TYPES,
     bitable_condition_matches,
 )
+from tests.fakes.feishu_http import HttpAnswer
 
 if TYPE_CHECKING:
     from tests.fakes.feishu import RecordedRequest
@@ -288,10 +287,8 @@ class FeishuAPI:
         if found is None:
             raise FeishuAPIError(RESOURCE_NOT_FOUND, "File not in msg.")
         data, name = found
-        return web.Response(
-            body=data, content_type="application/octet-stream",
-            headers={"Content-Disposition": f'attachment; filename="{name}"'},
-        )  # fmt: skip
+        disposition = {"Content-Disposition": f'attachment; filename="{name}"'}
+        return HttpAnswer(200, data, "application/octet-stream", disposition)
 
     def _h_image_upload(self, rec: RecordedRequest, auth: dict) -> dict:
         image = rec.files.get("image")

@@ -137,3 +137,30 @@ def test_reset_forgets_everything(fake_feishu, token):
 
     assert (fake_feishu.requests, fake_feishu.messages, fake_feishu.tokens) == ([], [], {})
     assert send(fake_feishu, token, TEXT)[1]["code"] == 99991663
+
+
+def test_a_chunked_request_body_and_a_kept_connection_are_understood(fake_feishu, token):
+    def chunks():
+        yield b'{"receive_id": "oc_1", "msg_type": "text", '
+        yield json.dumps({"content": json.dumps({"text": "chunked"})})[1:].encode()
+
+    with requests.Session() as session:
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        url = fake_feishu.base_url + "/open-apis/im/v1/messages?receive_id_type=chat_id"
+        first = session.post(url, data=chunks(), headers=headers, timeout=5)
+        second = session.post(url, json=TEXT, headers=headers, timeout=5)
+
+    assert (first.json()["code"], second.json()["code"]) == (0, 0)
+    assert [m["content"] for m in fake_feishu.messages] == [{"text": "chunked"}, {"text": "hi"}]
+    assert len({r.peer for r in fake_feishu.requests_to(r"/im/v1/messages$")}) == 1
+
+
+def test_a_malformed_request_gets_400_and_no_side_effect(fake_feishu):
+    import socket
+
+    with socket.create_connection((fake_feishu.host, fake_feishu.port), timeout=5) as sock:
+        sock.sendall(b"NONSENSE\r\n\r\n")
+        answer = sock.recv(4096)
+
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    assert fake_feishu.requests == []
