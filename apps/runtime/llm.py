@@ -9,6 +9,7 @@ whose turn was cancelled.
 
 from __future__ import annotations
 
+import inspect
 import json
 import random
 import threading
@@ -33,6 +34,14 @@ BACKOFF_BASE = 0.5
 
 _clients: dict[tuple[str, str], openai.OpenAI] = {}
 _clients_lock = threading.Lock()
+
+try:  # the SDK's generic request path (what chat.completions.create ends in), see _post_stream
+    from openai._base_client import make_request_options
+    from openai.types.chat import ChatCompletion, ChatCompletionChunk
+
+    _DIRECT_POST = hasattr(openai.OpenAI, "post") and "security" in inspect.signature(make_request_options).parameters
+except ImportError:  # pragma: no cover - depends on the SDK version
+    _DIRECT_POST = False
 
 
 def llm_client(*, base_url: str, api_key: str) -> openai.OpenAI:
@@ -205,6 +214,32 @@ class LLMSession:
                 self.active.deadline = None
         return result
 
+    def _post_stream(self, kwargs: dict[str, Any]) -> openai.Stream:
+        """``chat.completions.create(stream=True, ...)`` without its parameter transform.
+
+        ``create`` first walks the whole request (every message of the history) against the SDK's
+        TypedDict annotations to rename aliased keys and drop omitted ones: ~7 % of a turn's CPU.
+        Our messages and tools are plain JSON-ready dicts with no aliased keys, so we hand the same
+        body to the client's own ``post`` (same request building, auth, timeout, error mapping and
+        SSE stream class as ``create``). Falls back to ``create`` if the SDK changes shape.
+        """
+        if not _DIRECT_POST:  # pragma: no cover - depends on the SDK version
+            return self.client.chat.completions.create(stream=True, stream_options={"include_usage": True}, **kwargs)
+        body = {k: v for k, v in kwargs.items() if k not in ("timeout", "extra_headers")}
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+        options = make_request_options(
+            extra_headers=kwargs.get("extra_headers"), timeout=kwargs["timeout"], security={"bearer_auth": True}
+        )
+        return self.client.post(
+            "/chat/completions",
+            body=body,
+            options=options,
+            cast_to=ChatCompletion,
+            stream=True,
+            stream_cls=openai.Stream[ChatCompletionChunk],
+        )
+
     def _stream(
         self,
         record: CallRecord,
@@ -213,7 +248,7 @@ class LLMSession:
         started: float,
         deadline: float,
     ) -> Completion:
-        response = self.client.chat.completions.create(stream=True, stream_options={"include_usage": True}, **kwargs)
+        response = self._post_stream(kwargs)
         sock = self.active.attach_response(response.response) if self.active is not None else None
         text = ""
         calls: dict[int, dict[str, Any]] = {}

@@ -146,3 +146,33 @@ def test_fake_llm_demo_calls_the_time_tool(fake_llm):
         ],
     )
     assert "2026-01-01 09:00:00" in second.choices[0].message.content
+
+
+def test_the_turns_llm_request_is_the_one_create_would_send(fake_llm):
+    """LLMSession posts the body itself (no SDK parameter transform): same wire request, key, headers."""
+    from types import SimpleNamespace
+
+    from apps.runtime.llm import LLMSession
+
+    agent = SimpleNamespace(
+        base_url=fake_llm.base_url, api_key="sk-agent", model="m", fallback_model="", timeout=10,
+        temperature=0.2, max_output_tokens=100,
+    )  # fmt: skip
+    tools = [{"type": "function", "function": {"name": "calc", "parameters": {"type": "object"}}}]
+    messages = [{"role": "system", "content": "s"}, {"role": "user", "content": "你好"}]
+    fake_llm.api_key = "sk-agent"  # the fake now refuses any other key
+    try:
+        fake_llm.script(Reply(text="答案", chunk_chars=1))
+        texts = []
+        completion = LLMSession(agent=agent, trace_id="trace-1").chat(
+            messages=messages, tools=tools, on_text=texts.append
+        )
+    finally:
+        fake_llm.api_key = None
+    assert completion.text == "答案" and texts == ["答", "答案"] and completion.finish_reason == "stop"
+    (request,) = fake_llm.chat_requests()
+    assert request.headers["authorization"] == "Bearer sk-agent" and request.headers["x-trace-id"] == "trace-1"
+    assert request.body == {
+        "model": "m", "messages": messages, "temperature": 0.2, "max_tokens": 100, "tools": tools,
+        "stream": True, "stream_options": {"include_usage": True},
+    }  # fmt: skip
