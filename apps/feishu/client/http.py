@@ -86,10 +86,11 @@ class _Connection:
         if now - self.idle_since > _IDLE_SECONDS:
             return False
         try:
-            readable, _, _ = select.select([self.sock], [], [], 0)
+            poller = select.poll()  # not select.select: a busy worker may hold descriptors past 1024
+            poller.register(self.sock, select.POLLIN)
+            return not poller.poll(0)
         except (OSError, ValueError):
             return False
-        return not readable
 
 
 class HttpPool:
