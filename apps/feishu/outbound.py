@@ -13,7 +13,7 @@ import json
 import uuid as uuid_lib
 
 import structlog
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, connection, models, transaction
 from django.utils import timezone
 
 from apps.feishu.client import FeishuClient, FeishuError
@@ -94,7 +94,10 @@ def _insert_first_attempt(*, bot, uuid: str, fields: dict) -> OutboundMessage | 
     if sql:
         # INSERT ... ON CONFLICT (bot, uuid) DO NOTHING RETURNING id: a repeat returns no row instead of
         # raising, so no savepoint is needed inside a transaction either.
-        params = [f.get_db_prep_save(f.pre_save(row, True), connection) for f in _statements().insert_fields]
+        params = [
+            f.get_db_prep_save(f.pre_save(row, True), connection) if adapt else f.pre_save(row, True)
+            for f, adapt in _statements().insert_fields
+        ]
         with connection.cursor() as cursor:
             cursor.execute(sql, params)
             found = cursor.fetchone()
@@ -127,10 +130,13 @@ class _Statements:
     def __init__(self) -> None:
         meta = OutboundMessage._meta
         q = connection.ops.quote_name
-        self.insert_fields = [f for f in meta.concrete_fields if not f.primary_key]
+        # (field, needs the backend's adaptation): only datetimes do; strings, ints and bools go as they are
+        self.insert_fields = [
+            (f, isinstance(f, models.DateTimeField)) for f in meta.concrete_fields if not f.primary_key
+        ]
         self.insert = self.mark_sent = ""
         if connection.vendor in ("postgresql", "sqlite"):
-            columns = ", ".join(q(f.column) for f in self.insert_fields)
+            columns = ", ".join(q(f.column) for f, _ in self.insert_fields)
             values = ", ".join(["%s"] * len(self.insert_fields))
             bot, uuid = q(meta.get_field("bot").column), q(meta.get_field("uuid").column)
             # only names from the model's _meta are interpolated; every value is a parameter
@@ -175,7 +181,7 @@ def _deliver(outbound: OutboundMessage, *, bot) -> OutboundMessage:
 def _send(outbound: OutboundMessage, *, bot) -> OutboundMessage:
     """Make the call for a row whose attempt is already counted, then record the outcome."""
     client = FeishuClient.for_bot(bot)
-    content = json.loads(outbound.content)
+    content = outbound.content  # already the JSON string Feishu wants
     log = logger.bind(outbound_id=outbound.pk, uuid=outbound.uuid, bot=bot.app_id, trace_id=outbound.trace_id)
     try:
         if outbound.operation == "reply":
