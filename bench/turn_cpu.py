@@ -187,6 +187,12 @@ def _count_transactions() -> None:
         setattr(BaseDatabaseWrapper, name, wrapped)
 
 
+def _proc_cpu(pid: int) -> float:
+    """User + system CPU seconds of a child process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _run_one(conversation_id: int, counter: QueryCounter) -> None:
     from django.db import connection
 
@@ -288,9 +294,11 @@ def main() -> None:
             ids = _conversations(setup, f"m{r}", args.conversations)
             connection.close()
             counter = QueryCounter()
+            fakes = [_proc_cpu(p.pid) for p in procs]
             wall, cpu = time.perf_counter(), time.process_time()
             _run(ids, args.threads, counter)
             cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+            llm_cpu, feishu_cpu = (_proc_cpu(p.pid) - before for p, before in zip(procs, fakes, strict=True))
             statuses = _check(ids)
             n = len(ids)
             rounds.append(
@@ -301,6 +309,8 @@ def main() -> None:
                     "round_trips_per_turn": round((counter.total + 2 * counter.transactions) / n, 2),
                     "queries_by_kind_per_turn": {k: round(v / n, 2) for k, v in counter.kinds.most_common()},
                     "wall_s": round(wall, 2),
+                    "fake_llm_cpu_ms_per_turn": round(llm_cpu * 1000 / n, 2),
+                    "fake_feishu_cpu_ms_per_turn": round(feishu_cpu * 1000 / n, 2),
                     "statuses": statuses,
                 }
             )
@@ -308,7 +318,8 @@ def main() -> None:
                 f"round {r + 1}: {n} turns, {args.threads} threads, origin {args.origin}: "
                 f"CPU {cpu * 1000 / n:.2f} ms/turn, {counter.total / n:.2f} queries/turn "
                 f"+ {counter.transactions / n:.2f} transactions "
-                f"{dict(rounds[-1]['queries_by_kind_per_turn'])}, wall {wall:.2f} s",
+                f"{dict(rounds[-1]['queries_by_kind_per_turn'])}, wall {wall:.2f} s; "
+                f"fakes: LLM {llm_cpu * 1000 / n:.2f} ms/turn, Feishu {feishu_cpu * 1000 / n:.2f} ms/turn",
                 flush=True,
             )
         profile_text = ""

@@ -317,10 +317,17 @@ def _chunk_dicts(stream: openai.Stream) -> Iterator[dict[str, Any]]:
         for chunk in stream:
             yield chunk.model_dump(exclude_unset=True)
         return
+    done = False
     try:
         for sse in events():
+            # Read on to the end of the body after [DONE] (normally nothing more): a response closed
+            # half-read takes its connection with it, so every call would open (and, over HTTPS,
+            # handshake) a new one instead of reusing the client's pooled connection.
+            if done:
+                continue
             if sse.data.startswith("[DONE]"):
-                break
+                done = True
+                continue
             data = sse.json()
             if not isinstance(data, dict):
                 continue

@@ -78,6 +78,7 @@ class RecordedRequest:
     body: dict[str, Any]
     headers: dict[str, str]
     at: float
+    peer: tuple | None = None  # the client's (host, port): the same for requests on one kept-alive connection
 
     @property
     def messages(self) -> list[dict[str, Any]]:
@@ -252,7 +253,14 @@ class FakeLLM:
             return _error(400, "body is not JSON", "invalid_request_error")
         model = body.get("model", "")
         self.requests.append(
-            RecordedRequest(request.path, model, body, {k.lower(): v for k, v in request.headers.items()}, time.time())
+            RecordedRequest(
+                request.path,
+                model,
+                body,
+                {k.lower(): v for k, v in request.headers.items()},
+                time.time(),
+                request.transport.get_extra_info("peername") if request.transport else None,
+            )
         )
         reply = self._next_reply(model, body)
         generation = self._generation
@@ -314,17 +322,20 @@ class FakeLLM:
 
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await resp.prepare(request)
+        # Without pauses between chunks the whole stream goes out in one write: one HTTP chunk and one
+        # network read for the client instead of one per token (this server shares the benchmark's
+        # CPUs with the platform). With token_delay or a hang, every chunk is written on its own.
+        coalesce = not reply.token_delay and not reply.hang
+        pending: list[bytes] = []
+        head = json.dumps({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model})[:-1]
 
         async def send(choices: list[dict], **extra: Any) -> None:
-            chunk = {
-                "id": cid,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": model,
-                "choices": choices,
-            }
-            chunk.update(extra)
-            await resp.write(f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n".encode())
+            body = json.dumps({"choices": choices, **extra}, ensure_ascii=False)
+            event = f"data: {head}, {body[1:]}\n\n".encode()
+            if coalesce:
+                pending.append(event)
+            else:
+                await resp.write(event)
 
         if reply.hang and reply.hang_after_chunks is None:
             await asyncio.sleep(3600)
@@ -341,13 +352,13 @@ class FakeLLM:
         for index, call in enumerate(calls):
             if reply.token_delay:
                 await asyncio.sleep(reply.token_delay)
-            head = {
+            head_call = {
                 "index": index,
                 "id": call["id"],
                 "type": "function",
                 "function": {"name": call["function"]["name"], "arguments": ""},
             }
-            await send([{"index": 0, "delta": {"tool_calls": [head]}, "finish_reason": None}])
+            await send([{"index": 0, "delta": {"tool_calls": [head_call]}, "finish_reason": None}])
             args = call["function"]["arguments"]
             half = len(args) // 2
             for part in (args[:half], args[half:]):
@@ -364,7 +375,8 @@ class FakeLLM:
         await send([{"index": 0, "delta": {}, "finish_reason": finish}])
         if (body.get("stream_options") or {}).get("include_usage"):
             await send([], usage=usage)
-        await resp.write(b"data: [DONE]\n\n")
+        pending.append(b"data: [DONE]\n\n")
+        await resp.write(b"".join(pending))
         await resp.write_eof()
         return resp
 

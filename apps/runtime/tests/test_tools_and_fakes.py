@@ -176,3 +176,19 @@ def test_the_turns_llm_request_is_the_one_create_would_send(fake_llm):
         "model": "m", "messages": messages, "temperature": 0.2, "max_tokens": 100, "tools": tools,
         "stream": True, "stream_options": {"include_usage": True},
     }  # fmt: skip
+
+
+def test_consecutive_streamed_calls_reuse_one_http_connection(fake_llm):
+    from types import SimpleNamespace
+
+    from apps.runtime.llm import LLMSession
+
+    agent = SimpleNamespace(
+        base_url=fake_llm.base_url, api_key="sk-reuse", model="m", fallback_model="", timeout=10,
+        temperature=0.2, max_output_tokens=100,
+    )  # fmt: skip
+    fake_llm.default = Reply(text="ok")
+    for _ in range(3):
+        assert LLMSession(agent=agent).chat(messages=[{"role": "user", "content": "hi"}]).text == "ok"
+    peers = {r.peer for r in fake_llm.chat_requests()}
+    assert len(peers) == 1, peers
