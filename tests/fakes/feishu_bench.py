@@ -1,12 +1,15 @@
 """Per-call cost of the Feishu client layer, against the fake Feishu server in another process.
 
     DATABASE_URL=... REDIS_URL=redis://127.0.0.1:6379/4 \\
-        .venv/bin/python -m tests.fakes.feishu_bench [--calls 500]
+        .venv/bin/python -m tests.fakes.feishu_bench [--calls 500] [--answers 300]
 
 Compares, for the same text reply: lark-oapi's own call path (`client.im.v1.message.reply`, a new
-connection per call through lark's Transport) and FeishuClient (lark-built request, pooled session,
-shared token cache, Redis rate limiter, retries, structlog line). CPU is this process's CPU time
-(`time.process_time`), so the fake server's work is not counted.
+connection per call through lark's Transport) and FeishuClient (pooled keep-alive connection, shared
+token cache, Redis rate limiter, retries, log line). CPU is this process's CPU time
+(`time.process_time`), so the fake server's work is not counted. `--answers N` also runs N whole
+answers through the Feishu responder (what phase 1 of bench.concurrency makes per conversation,
+outbound rows in the database included) and prints the fake server's CPU per answer (/proc) and the
+Feishu calls per answer it saw. Logs as in bench.concurrency's worker (JSON, WARNING).
 """
 
 from __future__ import annotations
