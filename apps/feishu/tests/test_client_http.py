@@ -145,3 +145,19 @@ def test_it_speaks_tls_with_the_configured_ca_bundle(tmp_path, monkeypatch, db):
         assert len({r.peer for r in fake.requests_to(r"/reply$")}) == 1
     finally:
         fake.stop()
+
+
+def test_an_environment_proxy_is_used(monkeypatch):
+    proxy = ScriptedServer([(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Tt-Logid: via-proxy\r\n\r\n{}", False)])
+    for name in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.port}")
+    monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{proxy.port}")
+    pool = HttpPool("http://open.feishu.invalid")
+
+    answer = _get(pool, "/open-apis/bot/v3/info")
+
+    assert (answer.status, answer.headers.get("x-tt-logid")) == (200, "via-proxy")
+    (_, sent), = proxy.requests  # fmt: skip
+    assert sent.startswith(b"GET http://open.feishu.invalid/open-apis/bot/v3/info HTTP/1.1\r\n")
+    proxy.close()
