@@ -334,7 +334,8 @@ class FakeFeishu(FeishuAPI):
         """Record, apply a matching fault, route. Synchronous unless a fault delays the request or answer."""
         if request.path == "/_fake/stats":  # for benchmarks in another process; not recorded
             with self._lock:
-                return json_answer({"requests": len(self._requests), "messages": len(self._messages)})
+                peers = len({r.peer for r in self._requests})  # client connections seen
+                return json_answer({"requests": len(self._requests), "messages": len(self._messages), "peers": peers})
         content_type = request.content_type
         multipart = content_type.startswith("multipart/form-data")
         raw = b"" if multipart else request.body

@@ -78,18 +78,26 @@ def _measure_answers(answers: int, base_url: str, *, server_pid: int) -> None:
 
     answer(-1)
     fake0 = fake_cpu()
-    calls0 = _fake_request_count(base_url)
+    calls0, peers0 = _fake_request_count(base_url), _fake_stats(base_url)["peers"]
     _measure("whole answers (FeishuResponder, DB rows incl.)", answers, answer, per="answer", warm=False)
     fake = fake_cpu() - fake0
     calls = _fake_request_count(base_url) - calls0
-    per_answer = f"fake server cpu {fake / answers * 1000:6.2f} ms/answer   Feishu calls/answer {calls / answers:.2f}"
+    peers = _fake_stats(base_url)["peers"] - peers0
+    per_answer = (
+        f"fake server cpu {fake / answers * 1000:6.2f} ms/answer   Feishu calls/answer {calls / answers:.2f}"
+        f"   new connections {peers}"
+    )
     print(f"{'':<44} {per_answer}")
 
 
-def _fake_request_count(base_url: str) -> int:
+def _fake_stats(base_url: str) -> dict:
     import requests as http
 
-    return http.get(base_url + "/_fake/stats", timeout=5).json()["requests"]
+    return http.get(base_url + "/_fake/stats", timeout=5).json()
+
+
+def _fake_request_count(base_url: str) -> int:
+    return _fake_stats(base_url)["requests"]
 
 
 def main() -> None:
