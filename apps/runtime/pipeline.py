@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 import structlog
-from django.db import connection, transaction
+from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from django.utils import timezone
 
 from apps.runtime import store
@@ -51,10 +51,15 @@ WEEKDAYS = ["星期一", "星期二", "星期三", "星期四", "星期五", "�
 EMPTY_ANSWER = "抱歉，这次没有得到回答，请换个说法再试。"
 
 
-def db_release() -> None:
-    """Give this thread's connection back to the pool (not inside a transaction: tests, callers)."""
-    if connection.connection is not None and not connection.in_atomic_block:
-        connection.close()
+def db_release(conn=None) -> None:
+    """Give this thread's connection back to the pool (not inside a transaction: tests, callers).
+
+    ``conn``: this thread's ``connections[DEFAULT_DB_ALIAS]`` if the caller holds it (the
+    ``connection`` proxy looks the thread's wrapper up on every attribute access).
+    """
+    conn = conn or connections[DEFAULT_DB_ALIAS]
+    if conn.connection is not None and not conn.in_atomic_block:
+        conn.close()
 
 
 class Stopwatch:
@@ -81,17 +86,18 @@ class GuardedResponder:
 
     def __init__(self, inner: Responder) -> None:
         self.inner = inner
+        conn = connections[DEFAULT_DB_ALIAS]  # this thread's: a responder lives in its turn's thread
         for name in self.EVENTS:
-            setattr(self, name, self._guard(name, getattr(inner, name)))
+            setattr(self, name, self._guard(name, getattr(inner, name), conn))
 
-    def _guard(self, name: str, method):
+    def _guard(self, name: str, method, conn):
         def call(*args: Any) -> None:
             try:
                 method(*args)
             except Exception:
                 logger.exception("responder.failed", responder_event=name, responder=type(self.inner).__name__)
             finally:
-                db_release()
+                db_release(conn)
 
         return call
 
@@ -554,8 +560,8 @@ def turn_save(
         assistant.latency_ms = int((time.monotonic() - started) * 1000)
         assistant.error_code = error.code if error else ""
     first_token_ms = int((state.first_token_at - started) * 1000) if state.first_token_at else None
-    tool_rows = [_tool_row(turn, r) for r in state.tool_records]
-    call_rows = [_llm_call_row(turn, c) for c in calls]
+    tool_rows = [_tool_fields(r) for r in state.tool_records]
+    call_rows = [_llm_call_fields(c) for c in calls]
     if store.fast():
         store.turn_close(
             turn=turn,
@@ -566,8 +572,8 @@ def turn_save(
             error_code=error.code if error else "",
             error_detail=error.detail if error else "",
             first_token_ms=first_token_ms,
-            tool_rows=[_fields_of(row, TOOL_ROW_FIELDS) for row in tool_rows],
-            call_rows=[_fields_of(row, LLM_CALL_ROW_FIELDS) for row in call_rows],
+            tool_rows=tool_rows,
+            call_rows=call_rows,
         )
         turn.status = outcome
         return
@@ -587,8 +593,20 @@ def turn_save(
                     "updated_at",
                 ]
             )
-        Message.objects.bulk_create(tool_rows)
-        LLMCall.objects.bulk_create(call_rows)
+        Message.objects.bulk_create(
+            [
+                Message(
+                    tenant_id=turn.tenant_id,
+                    conversation_id=turn.conversation_id,
+                    turn=turn,
+                    role=Message.Role.TOOL,
+                    trace_id=turn.trace_id,
+                    **row,
+                )
+                for row in tool_rows
+            ]
+        )
+        LLMCall.objects.bulk_create([_llm_call_row(turn, c) for c in calls])
         Turn.objects.filter(pk=turn.pk).update(
             status=outcome,
             finished_at=now,
@@ -599,41 +617,31 @@ def turn_save(
     turn.status = outcome
 
 
-TOOL_ROW_FIELDS = ("status", "content", "tool_calls", "tool_call_id", "tool_name", "latency_ms", "error_code")
-LLM_CALL_ROW_FIELDS = ("model", "input_tokens", "output_tokens", "first_token_ms", "latency_ms", "ok", "error")
+def _tool_fields(r: dict[str, Any]) -> dict[str, Any]:
+    """A tool call's Message row (role tool) fields, beyond tenant, conversation, turn and trace."""
+    return {
+        "status": Message.Status.DONE if r["ok"] else Message.Status.FAILED,
+        "content": r["result"],
+        "tool_call_id": r["id"][:100],
+        "tool_name": r["name"][:100],
+        "tool_calls": [{"name": r["name"], "arguments": r["arguments"]}],
+        "latency_ms": r["duration_ms"],
+        "error_code": r["error_code"],
+    }
 
 
-def _fields_of(row, names: tuple[str, ...]) -> dict[str, Any]:
-    return {name: getattr(row, name) for name in names}
-
-
-def _tool_row(turn: Turn, r: dict[str, Any]) -> Message:
-    return Message(
-        tenant_id=turn.tenant_id,
-        conversation_id=turn.conversation_id,
-        turn=turn,
-        role=Message.Role.TOOL,
-        status=Message.Status.DONE if r["ok"] else Message.Status.FAILED,
-        content=r["result"],
-        tool_call_id=r["id"][:100],
-        tool_name=r["name"][:100],
-        tool_calls=[{"name": r["name"], "arguments": r["arguments"]}],
-        latency_ms=r["duration_ms"],
-        error_code=r["error_code"],
-        trace_id=turn.trace_id,
-    )
+def _llm_call_fields(call) -> dict[str, Any]:
+    """An LLMCall row's fields, beyond tenant, turn and trace."""
+    return {
+        "model": call.model[:100],
+        "input_tokens": call.input_tokens,
+        "output_tokens": call.output_tokens,
+        "first_token_ms": call.first_token_ms,
+        "latency_ms": call.latency_ms,
+        "ok": call.ok,
+        "error": call.error[:300],
+    }
 
 
 def _llm_call_row(turn: Turn, call) -> LLMCall:
-    return LLMCall(
-        tenant_id=turn.tenant_id,
-        turn=turn,
-        model=call.model[:100],
-        input_tokens=call.input_tokens,
-        output_tokens=call.output_tokens,
-        first_token_ms=call.first_token_ms,
-        latency_ms=call.latency_ms,
-        ok=call.ok,
-        error=call.error[:300],
-        trace_id=turn.trace_id,
-    )
+    return LLMCall(tenant_id=turn.tenant_id, turn=turn, trace_id=turn.trace_id, **_llm_call_fields(call))
