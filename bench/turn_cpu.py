@@ -193,6 +193,19 @@ def _proc_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _postgres_cpu() -> float:
+    """CPU seconds of every local PostgreSQL process (all sessions: other users' load shows up too)."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == "postgres":
+                    total += _proc_cpu(int(entry.name))
+            except OSError:
+                continue  # gone meanwhile, or not ours to read
+    return total
+
+
 def _run_one(conversation_id: int, counter: QueryCounter) -> None:
     from django.db import connection
 
@@ -295,10 +308,12 @@ def main() -> None:
             connection.close()
             counter = QueryCounter()
             fakes = [_proc_cpu(p.pid) for p in procs]
+            pg_cpu = _postgres_cpu()
             wall, cpu = time.perf_counter(), time.process_time()
             _run(ids, args.threads, counter)
             cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
             llm_cpu, feishu_cpu = (_proc_cpu(p.pid) - before for p, before in zip(procs, fakes, strict=True))
+            pg_cpu = _postgres_cpu() - pg_cpu
             statuses = _check(ids)
             n = len(ids)
             rounds.append(
@@ -311,6 +326,7 @@ def main() -> None:
                     "wall_s": round(wall, 2),
                     "fake_llm_cpu_ms_per_turn": round(llm_cpu * 1000 / n, 2),
                     "fake_feishu_cpu_ms_per_turn": round(feishu_cpu * 1000 / n, 2),
+                    "postgres_cpu_ms_per_turn_all_sessions": round(pg_cpu * 1000 / n, 2),
                     "statuses": statuses,
                 }
             )
@@ -319,7 +335,8 @@ def main() -> None:
                 f"CPU {cpu * 1000 / n:.2f} ms/turn, {counter.total / n:.2f} queries/turn "
                 f"+ {counter.transactions / n:.2f} transactions "
                 f"{dict(rounds[-1]['queries_by_kind_per_turn'])}, wall {wall:.2f} s; "
-                f"fakes: LLM {llm_cpu * 1000 / n:.2f} ms/turn, Feishu {feishu_cpu * 1000 / n:.2f} ms/turn",
+                f"fakes: LLM {llm_cpu * 1000 / n:.2f} ms/turn, Feishu {feishu_cpu * 1000 / n:.2f} ms/turn; "
+                f"PostgreSQL (all sessions) {pg_cpu * 1000 / n:.2f} ms/turn",
                 flush=True,
             )
         profile_text = ""

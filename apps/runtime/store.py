@@ -65,8 +65,20 @@ def _instance(model: type[Model], values: tuple | list):
     return model.from_db(DEFAULT_DB_ALIAS, names, values)
 
 
-def _execute(sql: str, params: dict[str, Any]) -> tuple:
-    with connection.cursor() as cursor:
+def _execute(sql: str, params: dict[str, Any] | tuple) -> tuple | None:
+    """Run one of this module's statements and return its first row.
+
+    With server-side parameter binding (a plain psycopg cursor on Django's connection, wrapped like
+    Django's own so execute wrappers and query logging still see it): psycopg then prepares each of
+    these few fixed statements on a connection after a handful of runs, so PostgreSQL stops parsing
+    and planning the CTEs every turn (its CPU is the same two cores) and Python stops quoting values.
+    """
+    import psycopg
+
+    connection.ensure_connection()
+    raw = psycopg.Cursor(connection.connection)
+    cursor = connection.make_debug_cursor(raw) if connection.queries_logged else connection.make_cursor(raw)
+    with cursor:
         cursor.execute(sql, params)
         return cursor.fetchone()
 
