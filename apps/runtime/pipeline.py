@@ -481,6 +481,38 @@ def user_text(message: Message) -> str:
     return "\n".join(lines) or "（空消息）"
 
 
+# Text chunks processed closer together than this reach the responder as one update (the last).
+TEXT_BURST_SECONDS = 0.005
+
+
+class TextRelay:
+    """Passes the answer so far to the responder, collapsing bursts.
+
+    Chunks that arrive together (one network read holds many when the model is fast or the network
+    bunches them) would each cost a responder call; responders get the whole text so far and may
+    drop intermediate updates anyway (responders/base.py), so only the last of a burst is passed on.
+    A model streaming token by token (tens of ms apart) is passed on chunk by chunk as before.
+    """
+
+    def __init__(self, responder: GuardedResponder) -> None:
+        self.responder = responder
+        self.latest: str | None = None
+        self.sent: str | None = None
+        self.at = float("-inf")
+
+    def push(self, text: str) -> None:
+        self.latest = text
+        now = time.monotonic()
+        if now - self.at >= TEXT_BURST_SECONDS:
+            self.at, self.sent = now, text
+            self.responder.on_text_delta(text)
+
+    def flush(self) -> None:
+        if self.latest is not None and self.latest != self.sent:
+            self.at, self.sent = time.monotonic(), self.latest
+            self.responder.on_text_delta(self.latest)
+
+
 def turn_llm_loop(
     *,
     agent: Agent,
@@ -494,6 +526,7 @@ def turn_llm_loop(
 ) -> None:
     """Ask the model, run the tools it calls, ask again; at most agent.max_tool_rounds tool rounds."""
     schemas = tool_schemas(tools)
+    relay = TextRelay(responder)
     for round_no in range(agent.max_tool_rounds + 1):
         offer = schemas if schemas and round_no < agent.max_tool_rounds else None
         prefix = state.visible + "\n\n" if state.visible else ""
@@ -502,9 +535,12 @@ def turn_llm_loop(
             if state.first_token_at is None:
                 state.first_token_at = time.monotonic()
             state.visible = prefix + text
-            responder.on_text_delta(state.visible)
+            relay.push(state.visible)
 
-        completion = state.llm.chat(messages=chat, tools=offer, on_text=on_text)
+        try:
+            completion = state.llm.chat(messages=chat, tools=offer, on_text=on_text)
+        finally:
+            relay.flush()  # the responder has the latest text before a tool, an error or the end
         state.visible = prefix + completion.text if completion.text else state.visible
         if not (completion.tool_calls and offer):
             return

@@ -277,3 +277,18 @@ def test_the_demo_model_streams_and_calls_the_time_tool(fake_llm, recorder, make
     (final,) = recorder.finals(conversation)
     assert "Asia/Shanghai" in final and "离线演示模型" in final
     assert len(recorder.events(conversation, "text")) > 5
+
+
+def test_a_burst_of_chunks_reaches_the_responder_as_few_updates_ending_with_the_whole_text(
+    fake_llm, recorder, make_conversation
+):
+    text = "一二三四五六七八九十" * 20
+    fake_llm.script(Reply(text=text, chunk_chars=2))  # 100 chunks sent in one write
+    conversation = make_conversation()
+    post(conversation, "hi", enqueue=False)
+
+    conversation_process(conversation_id=conversation.pk)
+
+    deltas = [e[1][0] for e in recorder.events(conversation, "text")]
+    assert 1 <= len(deltas) < 20 and deltas[-1] == text
+    assert recorder.finals(conversation) == [text]
