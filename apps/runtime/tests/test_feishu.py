@@ -14,6 +14,7 @@ from apps.runtime.responders.feishu import PART_CHARS, split_text
 from apps.runtime.services import conversation_process
 from apps.transcripts.models import Message, Origin, Turn
 from tests.factories import ConversationFactory
+from tests.fakes.feishu_api import TOKEN_PATHS
 from tests.fakes.fixtures import fake_feishu, fake_feishu_server, feishu_bot  # noqa: F401
 from tests.fakes.llm import Reply, ToolCall
 
@@ -242,3 +243,19 @@ def test_a_failed_final_update_closes_the_card_and_sends_only_the_rest(fake_llm,
     assert card["operations"][-1]["op"] == "settings"
     (reaction,) = fake_feishu.reactions.values()
     assert reaction["deleted"]
+
+
+def test_a_short_answer_is_five_calls_and_keeps_cardkit_spacing(fake_llm, fake_feishu, feishu_conversation):  # noqa: F811
+    fake_llm.script(Reply(text="一句话的回答。", chunk_chars=50))
+    feishu_post(feishu_conversation, "hi")
+
+    conversation_process(conversation_id=feishu_conversation.pk)
+
+    calls = [(r.method, r.path) for r in fake_feishu.requests if r.path not in TOKEN_PATHS]
+    (reply,) = cards(fake_feishu)
+    card_path = f"/open-apis/cardkit/v1/cards/{reply['card_id']}"
+    assert [method for method, _ in calls] == ["POST", "POST", "POST", "PUT", "DELETE"]
+    assert calls[3] == ("PUT", card_path)  # reaction, card, reply, final update, reaction off
+    create, final = fake_feishu.requests_to(r"/cardkit/v1/cards$")[0], fake_feishu.requests_to(card_path + "$")[0]
+    assert final.time - create.time >= 0.09  # CardKit's ~10 operations/s per card
+    assert fake_feishu.card(reply["card_id"])["elements"]["answer"]["content"] == "一句话的回答。"
