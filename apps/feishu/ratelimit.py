@@ -18,6 +18,7 @@ Without REDIS_URL (the embedded default: one process) the same arithmetic runs i
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -139,10 +140,13 @@ class RedisRateLimiter(RateLimiter):
         self._batch_script = self._redis.register_script(_RESERVE_BATCH_LUA)
         self._lock = threading.Lock()
         self._batches: dict[str, _Batch] = {}
+        self._pid = os.getpid()
 
     def take(self, key: str, *, rate: float, capacity: float) -> float:
         # One thread at a time refills; the others wait on the lock and then find tokens in the batch.
         with self._lock:
+            if self._pid != os.getpid():  # a forked child must not spend its parent's reserved tokens
+                self._batches, self._pid = {}, os.getpid()
             batch = self._batches.get(key)
             if batch is None:
                 batch = self._batches[key] = _Batch()
