@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import lark_oapi as lark
+import requests
 import structlog
 from django.conf import settings
 from django.core.cache import cache
@@ -311,7 +312,10 @@ class FeishuTransport:
         # lark-oapi 1.7.5 builds every token request on one shared request object (a mutable default
         # argument), so two threads fetching at once could swap app credentials: fetch one at a time.
         with _token_fetch_lock:
-            return TokenManager.get_self_tenant_token(self._config)
+            try:
+                return TokenManager.get_self_tenant_token(self._config)
+            except requests.RequestException as exc:  # lark fetches with requests; our call never left
+                raise NotSent(f"tenant token: {_describe(exc)}") from exc
 
     def _execute(
         self, request: BaseRequest | JsonRequest, *, multipart: bool, user_access_token: str
