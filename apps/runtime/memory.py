@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from django.db import DEFAULT_DB_ALIAS, connection
+from django.db import DEFAULT_DB_ALIAS
 from django.utils import timezone
 
 from apps.runtime import store
@@ -155,9 +155,8 @@ ORDER BY m.id
 
 def _history_messages_pg(*, conversation_id: int, before_turn_id: int, limit: int) -> list[Message]:
     # Hand-written: the ORM's compilation of this query cost more CPU than PostgreSQL's answer.
-    with connection.cursor() as cursor:
-        cursor.execute(_HISTORY_SQL, (conversation_id, before_turn_id, limit))
-        return [Message.from_db(DEFAULT_DB_ALIAS, _HISTORY_FIELDS, row) for row in cursor.fetchall()]
+    rows = store.fetch_all(_HISTORY_SQL, (conversation_id, before_turn_id, limit))
+    return [Message.from_db(DEFAULT_DB_ALIAS, _HISTORY_FIELDS, row) for row in rows]
 
 
 def memory_select(*, rounds: list[Round], agent: Agent, summary: str) -> tuple[list[Round], list[Round]]:

@@ -26,6 +26,7 @@ from datetime import datetime, timedelta
 from functools import cache
 from typing import Any
 
+import psycopg
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connection
 from django.db.models import Model
@@ -65,22 +66,31 @@ def _instance(model: type[Model], values: tuple | list):
     return model.from_db(DEFAULT_DB_ALIAS, names, values)
 
 
-def _execute(sql: str, params: dict[str, Any] | tuple) -> tuple | None:
+def _execute(sql: str, params: dict[str, Any] | tuple, *, many: bool = False):
     """Run one of this module's statements and return its first row.
 
-    With server-side parameter binding (a plain psycopg cursor on Django's connection, wrapped like
-    Django's own so execute wrappers and query logging still see it): psycopg then prepares each of
-    these few fixed statements on a connection after a handful of runs, so PostgreSQL stops parsing
-    and planning the CTEs every turn (its CPU is the same two cores) and Python stops quoting values.
+    As a prepared statement with server-side parameter binding: PostgreSQL parses and plans these
+    CTEs once per connection instead of every turn (its CPU is the same two cores; planning was most
+    of it), and Python stops quoting values into the text. Django turns psycopg's automatic preparing
+    off (prepare_threshold None), so the cursor asks for it. It goes through Django's cursor wrapper,
+    so execute wrappers, query logging and error translation still apply.
     """
-    import psycopg
-
     connection.ensure_connection()
-    raw = psycopg.Cursor(connection.connection)
+    raw = _PreparedCursor(connection.connection)
     cursor = connection.make_debug_cursor(raw) if connection.queries_logged else connection.make_cursor(raw)
     with cursor:
         cursor.execute(sql, params)
-        return cursor.fetchone()
+        return cursor.fetchall() if many else cursor.fetchone()
+
+
+def fetch_all(sql: str, params: dict[str, Any] | tuple) -> list[tuple]:
+    """All rows of a fixed, hand-written statement, prepared like this module's own (PostgreSQL only)."""
+    return _execute(sql, params, many=True)
+
+
+class _PreparedCursor(psycopg.Cursor):
+    def execute(self, query, params=None, *, prepare=None, binary=None):
+        return super().execute(query, params, prepare=True, binary=binary)
 
 
 @dataclass

@@ -155,6 +155,9 @@ class Watchdog:
                     logger.warning("runner.lease_lost", conversation_id=active.conversation_id)
 
 
+_CANCEL_REQUESTED = "SELECT id FROM transcripts_turn WHERE id = ANY(%s) AND cancel_requested"
+
+
 def _cancel_requested(turn_ids: list[int]) -> set[int]:
     """Which of these turns were asked to stop. Runs 4x a second with every local turn's id: on
     PostgreSQL one array parameter (no IN list of hundreds of quoted values compiled each time)."""
@@ -162,9 +165,9 @@ def _cancel_requested(turn_ids: list[int]) -> set[int]:
 
     if connection.vendor != "postgresql":
         return set(Turn.objects.filter(pk__in=turn_ids, cancel_requested=True).values_list("pk", flat=True))
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT id FROM transcripts_turn WHERE id = ANY(%s) AND cancel_requested", [turn_ids])
-        return {row[0] for row in cursor.fetchall()}
+    from apps.runtime.store import fetch_all
+
+    return {row[0] for row in fetch_all(_CANCEL_REQUESTED, (turn_ids,))}
 
 
 watchdog = Watchdog()
