@@ -371,12 +371,13 @@ def _bound_cursor_class():
 
 
 def _execute_bound(conn, statement: str, params: tuple) -> tuple:
-    """Run with server-side parameter binding: psycopg then prepares the statement after a few runs,
-    so neither Python (quoting the JSON payload into the SQL) nor PostgreSQL (parsing and planning a
-    three-insert statement) redoes that work per event. Errors come out as Django's exceptions."""
+    """Run as a prepared statement with server-side parameter binding, so neither Python (quoting the
+    JSON payload into the SQL) nor PostgreSQL (parsing and planning a three-insert statement) redoes
+    that work per event. Django turns psycopg's automatic preparation off (prepare_threshold None, for
+    poolers such as PgBouncer), so the cursor asks for it. Errors come out as Django's exceptions."""
     conn.ensure_connection()
     with conn.wrap_database_errors, _bound_cursor_class()(conn.connection) as cursor:
-        cursor.execute(statement, params)
+        cursor.execute(statement, params, prepare=True)
         return cursor.fetchone()
 
 
