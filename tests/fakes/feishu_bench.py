@@ -53,6 +53,8 @@ def _measure_answers(answers: int, base_url: str, *, server_pid: int) -> None:
     from tests.factories import BotFactory, ConversationFactory, TenantFactory
 
     responder_module.THROTTLE_SECONDS = 0.0
+    if hasattr(responder_module, "CARD_OP_GAP_SECONDS"):
+        responder_module.CARD_OP_GAP_SECONDS = 0.0
     tenant = TenantFactory(slug=f"bench-{os.getpid()}")
     bot = BotFactory(tenant=tenant, base_url=base_url, app_id=f"cli_answers_{os.getpid()}")
     conversation = ConversationFactory(
