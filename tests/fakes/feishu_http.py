@@ -126,6 +126,8 @@ class _Protocol(asyncio.Protocol):
                 asyncio.ensure_future(self._later(answer, keep))
                 return
             self._write(answer, keep)
+            if not keep:
+                return
 
     async def _later(self, pending: Awaitable[HttpAnswer], keep: bool) -> None:
         try:
@@ -134,7 +136,8 @@ class _Protocol(asyncio.Protocol):
             answer = HttpAnswer(500, f"fake error: {exc!r}".encode(), "text/plain; charset=utf-8")
         self.busy = False
         self._write(answer, keep)
-        self._next()
+        if keep:
+            self._next()
 
     def _write(self, answer: HttpAnswer, keep: bool) -> None:
         if self.closed or self.transport is None or self.transport.is_closing():
