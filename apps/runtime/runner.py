@@ -210,11 +210,11 @@ def _next(
             return None, False, True
         if got.message is not None or not got.released:
             return got.message, False, True  # None: a /stop took the pending message first; look again
-        # Released: look again with a fresh snapshot (see the module docstring), taking the lease back.
-        again = store.claim(conversation_id=conversation_id, token=token)
-        if not again.leased:
-            return None, True, True
-        return again.message, False, True
+        # Released: look again with a fresh snapshot (see the module docstring), taking the lease back
+        # if a message is pending (the next claim_next then claims it).
+        if store.lease_take_if_pending(conversation_id=conversation_id, token=token):
+            return None, False, True
+        return None, True, True
     # Right after a turn, usually nothing is pending: go straight to the locked release check
     # (it looks for pending messages itself) instead of an unlocked look first.
     message_id = _claim_next(conversation_id=conversation_id) if claim else None

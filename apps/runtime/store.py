@@ -7,9 +7,10 @@ CTEs are atomic without BEGIN/COMMIT), written by hand with every value a parame
 
 - ``claim``: take the runner lease if it is free *and* a user message is pending, claim the oldest
   pending message, and return it with its conversation and the time of the message before it (for
-  the session's idle TTL). Also used to look again after a release (see runner.py: no lost wake-up).
+  the session's idle TTL).
 - ``claim_next``: after a turn, claim the next pending message while we still hold the lease, or
   release the lease when none is pending; writes the finished turn's timings on the way.
+- ``lease_take_if_pending``: the fresh look right after a release (runner.py: no lost wake-up).
 - ``turn_open``: the Turn row, the user message linked to it, the assistant message row, and a new
   session when one starts.
 - ``turn_close``: the user and assistant messages' final state, tool rows, LLM call rows and the
@@ -209,7 +210,8 @@ def claim_next(
 
     ``leased`` False: the lease was no longer ours (nothing claimed, nothing released). The release
     does not lock the conversation first, so a message committed while it ran may be missed: the
-    caller must ``claim`` once more after a release (runner.py explains why that closes the gap).
+    caller must look again after a release (``lease_take_if_pending``; runner.py explains why that
+    closes the gap).
     ``turn_id``/``timings``/``duration_ms``: the finished turn's stage timings, written on the way.
     """
     params = {
@@ -253,8 +255,13 @@ def lease_release(*, conversation_id: int, token: str) -> bool:
         return True
     if not released:
         return False
+    return not lease_take_if_pending(conversation_id=conversation_id, token=token)
+
+
+def lease_take_if_pending(*, conversation_id: int, token: str) -> bool:
+    """Take the free lease if a user message is pending (a fresh look right after a release)."""
     params = {"c": conversation_id, "token": token, "until": _lease_until()}
-    return _execute(_LEASE_IF_PENDING, params) is None
+    return _execute(_LEASE_IF_PENDING, params) is not None
 
 
 # -- the turn's own rows -----------------------------------------------------------------------

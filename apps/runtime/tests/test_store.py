@@ -162,3 +162,28 @@ def test_the_conversation_row_read_by_the_claim_is_current(fake_llm, recorder, m
     assert conversation.session_started_at == first_user.created_at
     assert isinstance(Conversation.objects.get(pk=conversation.pk).session_started_at, type(first_user.created_at))
     assert recorder.finals(conversation) == ["ok"]
+
+
+def test_a_message_committed_just_after_the_release_is_answered_by_the_same_runner(
+    fake_llm, recorder, make_conversation, monkeypatch
+):
+    """The release missed it (committed after its snapshot, before the runner looked again): the
+    runner's second look takes the lease back and answers it, so no wake-up is lost."""
+    fake_llm.default = Reply(text="re: {last_user}")
+    conversation = make_conversation()
+    post(conversation, "first", enqueue=False)
+    real = store.claim_next
+    late = []
+
+    def claim_next_then_a_message_arrives(**kwargs):
+        claimed = real(**kwargs)
+        if claimed.released and not late:
+            late.append(post(conversation, "late", enqueue=False))  # its own enqueue is not run here
+        return claimed
+
+    monkeypatch.setattr(store, "claim_next", claim_next_then_a_message_arrives)
+
+    conversation_process(conversation_id=conversation.pk)
+
+    assert late and recorder.finals(conversation) == ["re: first", "re: late"]
+    assert settled(conversation)
