@@ -205,6 +205,9 @@ class FeishuAPI:
         }
         if msg_type == "interactive" and content.get("type") == "card":
             message["card_id"] = content["data"]["card_id"]
+        elif msg_type == "interactive" and content.get("schema") == "2.0":
+            # a card JSON 2.0 sent as is becomes a card entity too (cardkit id_convert finds it by message)
+            message["card_id"] = self._card_entity(auth["app_id"], content)
         self._messages.append(message)
         self._messages_by_id[message_id] = message
         if uuid:
@@ -323,16 +326,20 @@ class FeishuAPI:
     # --- handlers: CardKit ----------------------------------------------------------------------
 
     def _h_card_create(self, rec: RecordedRequest, auth: dict) -> dict:
-        card = _card_json(self._json_body(rec))
+        card_id = self._card_entity(auth["app_id"], _card_json(self._json_body(rec)))
+        return {"code": 0, "msg": "success", "data": {"card_id": card_id}}
+
+    def _card_entity(self, app_id: str, card: dict) -> str:
+        """Store a card entity; returns its card_id."""
         card_id = f"7{secrets.randbelow(10**18):018d}"
         elements: dict[str, dict] = {}
         _collect_elements(card, elements)
         self.cards[card_id] = {
-            "card_id": card_id, "app_id": auth["app_id"], "card": card, "sequence": 0, "elements": elements,
+            "card_id": card_id, "app_id": app_id, "card": card, "sequence": 0, "elements": elements,
             "streaming_mode": bool((card.get("config") or {}).get("streaming_mode")), "operations": [],
             "uuids": set(),
         }  # fmt: skip
-        return {"code": 0, "msg": "success", "data": {"card_id": card_id}}
+        return card_id
 
     def _card_operation(self, auth: dict, card_id: str, body: dict) -> dict | None:
         """Common CardKit checks; returns the card, or None when the uuid was already applied."""

@@ -1,16 +1,18 @@
 """Feishu responder: a reaction while working, the answer streamed into a CardKit card.
 
 - on_start: an ``OnIt`` reaction on the user's message (removed in close()).
-- First text (or first tool call): a CardKit card (JSON 2.0, streaming_mode, one markdown element,
-  👍/👎 buttons carrying the assistant Message id) is created and sent as a reply whose uuid is
-  derived from the inbound message id, so a retried turn cannot post a second card.
+- First text (after OPEN_DELAY_SECONDS; a tool call at once): a CardKit card (JSON 2.0,
+  streaming_mode, one markdown element, 👍/👎 buttons carrying the assistant Message id) is created
+  and sent as a reply whose uuid is derived from the inbound message id, so a retried turn cannot
+  post a second card. An answer that is complete before then is one reply carrying the finished card.
 - Then the element's content is replaced with the whole text so far at most every 300 ms, with a
   strictly increasing per-card sequence; while a tool runs its name is shown under the text.
 - The end is one full-card update (CardKit ``PUT /cards/:card_id``) carrying the final text with
   ``streaming_mode: false``, instead of a last element update plus a settings call. An answer longer
   than one card is split at a paragraph/line boundary (a code block cut in two is closed and
-  reopened) and continued in further cards. So a short answer costs five calls: reaction on, card
-  create, reply with the card, final update, reaction off.
+  reopened) and continued in further cards. A streamed answer costs five calls (reaction on, card
+  create, reply with the card, final update, reaction off); one complete within OPEN_DELAY_SECONDS
+  of its first text three (reaction on, reply with the finished card, reaction off).
 - If CardKit fails before a card was shown, the full answer goes out as plain (post/md) messages
   instead; once a card shows part of the answer only the part it does not show is sent, so the
   answer never appears twice. Errors show the product's message, never a traceback.
@@ -36,6 +38,10 @@ THROTTLE_SECONDS = 0.3  # CardKit allows ~10 operations/s per card; 300 ms reads
 # The final update only needs CardKit's per-card spacing, not the typing rhythm: waiting the full
 # 300 ms after the card opened added that much to every short answer's completion.
 CARD_OP_GAP_SECONDS = 0.1
+# The first card opens this long after the first text (a tool starting opens it at once). An answer
+# complete by then goes out as one reply carrying the finished card: 3 calls instead of 5 (no CardKit
+# entity, no final update), which also stretches Feishu's per-app quota (~40 calls/s) further.
+OPEN_DELAY_SECONDS = 0.25
 # Intermediate card updates this process pays for per second, across all its live cards. Each costs
 # ~1 ms of worker CPU (an HTTP call); with a few live cards every card still gets one per 300 ms,
 # with hundreds (a burst of conversations) each card updates less often instead of the updates
@@ -177,6 +183,7 @@ class FeishuResponder(Responder):
         self.carry = ""  # a reopened code fence that starts the current card
         self.status_line = ""  # tool running / tool failed, shown under the text
         self.last_push = 0.0
+        self.first_text_at: float | None = None
         self.finished = False
         self._client: FeishuClient | None = None
 
@@ -245,6 +252,17 @@ class FeishuResponder(Responder):
         if streaming:
             live_cards.add(1)
         self.last_push = time.monotonic()
+        return True
+
+    def _reply_card(self, content: str) -> bool:
+        """A finished part as one reply carrying the whole card JSON (no CardKit entity to create or close)."""
+        card = card_json(
+            content=content, message_id=self.ctx.assistant_message_id, streaming=False, summary=content[:60]
+        )
+        if not self._send(part=f"card{self.cards_shown + 1}", msg_type="interactive", content=card):
+            self.cardkit_failed = True
+            return False
+        self.cards_shown += 1
         return True
 
     def _update(self, content: str, *, text: str | None = None) -> bool:
@@ -331,7 +349,7 @@ class FeishuResponder(Responder):
             cut = max(cut, len(self.carry) + 1)
             part = segment[:cut].rstrip("\n") + closing
             if self.card is None:
-                if not self._open(part, streaming=False):
+                if not self._reply_card(part):
                     return
             elif not self._finalize(part):
                 return
@@ -350,6 +368,12 @@ class FeishuResponder(Responder):
         if not view.strip():
             return
         if self.card is None:
+            if self.cards_shown == 0 and not force:
+                now = time.monotonic()
+                if self.first_text_at is None:
+                    self.first_text_at = now
+                if now - self.first_text_at < OPEN_DELAY_SECONDS:
+                    return  # maybe the whole answer is here before the card would open
             self._open(view, text=segment if view.startswith(segment) else "")
             return
         since = time.monotonic() - self.last_push
@@ -372,7 +396,7 @@ class FeishuResponder(Responder):
             final = self._segment() + (f"\n\n{note}" if note and self._segment().strip() else note)
             if self.card is None:
                 if final.strip():
-                    self._open(final, streaming=False)
+                    self._reply_card(final)
             else:
                 wait = CARD_OP_GAP_SECONDS - (time.monotonic() - self.last_push)
                 if wait > 0:
@@ -425,8 +449,12 @@ class FeishuResponder(Responder):
     def on_final(self, text: str) -> None:
         self._finish(text)
 
+    def _nothing_shown(self) -> bool:
+        """No card was shown, and none is pending (text held back by OPEN_DELAY_SECONDS counts as shown)."""
+        return self.card is None and self.cards_shown == 0 and (self.cardkit_failed or not self.latest.strip())
+
     def on_error(self, code: str, user_message: str) -> None:
-        if self.card is None and self.cards_shown == 0:
+        if self._nothing_shown():
             self.finished = True
             if self.usable:
                 self._text_message(user_message, "error")
@@ -434,7 +462,7 @@ class FeishuResponder(Responder):
         self._finish(self.latest, f"⚠️ {user_message}")
 
     def on_cancelled(self) -> None:
-        if self.card is None and self.cards_shown == 0:
+        if self._nothing_shown():
             self.finished = True
             if self.usable:
                 self._text_message(STOPPED_NOTE, "cancelled")
@@ -447,6 +475,9 @@ class FeishuResponder(Responder):
             self._plain(text, first_part="notice")  # post/md: command help uses markdown
 
     def close(self) -> None:
+        held_back = self.card is None and self.cards_shown == 0 and not self._nothing_shown()
+        if held_back and not self.finished:  # text waiting for its card, and no final event came
+            self._finish(self.latest)
         if self.card is not None and not self.card.closed:
             self._close()
         if self.reaction_id:

@@ -61,6 +61,11 @@ def cards(fake):
     return [m for m in fake.messages if m["msg_type"] == "interactive"]
 
 
+def card_text(fake, message) -> str:
+    """The answer text of a card message (a card sent as JSON is a card entity too)."""
+    return fake.card(message["card_id"])["elements"]["answer"]["content"]
+
+
 def content_ops(fake, card_id):
     return [op for op in fake.card(card_id)["operations"] if op["op"] == "content"]
 
@@ -130,7 +135,7 @@ def test_the_card_shows_the_running_tool(fake_llm, fake_feishu, feishu_conversat
 
 def test_a_cardkit_failure_falls_back_to_one_plain_message(fake_llm, fake_feishu, feishu_conversation):  # noqa: F811
     fake_feishu.inject_error(230001, path=r"/cardkit/v1/cards$")
-    fake_llm.script(Reply(text="纯文本回退的完整答案。", token_delay=0.02, chunk_chars=2))
+    fake_llm.script(Reply(text="纯文本回退的完整答案。", token_delay=0.1, chunk_chars=2))  # streams: a card opens
     feishu_post(feishu_conversation, "hi")
 
     conversation_process(conversation_id=feishu_conversation.pk)
@@ -151,11 +156,11 @@ def test_a_long_answer_is_split_across_cards(fake_llm, fake_feishu, feishu_conve
 
     replies = cards(fake_feishu)
     assert len(replies) >= 2
-    parts = [fake_feishu.card(r["card_id"])["elements"]["answer"]["content"] for r in replies]
+    parts = [card_text(fake_feishu, r) for r in replies]
     assert all(len(p) <= PART_CHARS for p in parts)
     assert [p for part in parts for p in part.split("\n\n") if p] == paragraphs  # nothing lost, nothing twice
     assert len({r["uuid"] for r in replies}) == len(replies)
-    assert all(not fake_feishu.card(r["card_id"])["streaming_mode"] for r in replies)
+    assert not any(fake_feishu.card(r["card_id"])["streaming_mode"] for r in replies)
 
 
 def test_an_llm_timeout_shows_agent_001(fake_llm, fake_feishu, feishu_conversation, agent):  # noqa: F811
@@ -211,7 +216,7 @@ def test_split_text_keeps_code_blocks_valid():
 def test_when_card_updates_fail_the_rest_follows_as_text_without_repeating(fake_llm, fake_feishu, feishu_conversation):  # noqa: F811
     fake_feishu.inject_error(230001, path=r"/elements/answer/content$")
     answer = "第一句话已经显示在卡片上。" + "后面的内容卡片无法更新，所以单独发送。" * 3
-    fake_llm.script(Reply(text=answer, token_delay=0.05, chunk_chars=6))
+    fake_llm.script(Reply(text=answer, token_delay=0.1, chunk_chars=6))  # long enough for an update to fail
     feishu_post(feishu_conversation, "hi")
 
     conversation_process(conversation_id=feishu_conversation.pk)
@@ -245,8 +250,28 @@ def test_a_failed_final_update_closes_the_card_and_sends_only_the_rest(fake_llm,
     assert reaction["deleted"]
 
 
-def test_a_short_answer_is_five_calls_and_keeps_cardkit_spacing(fake_llm, fake_feishu, feishu_conversation):  # noqa: F811
-    fake_llm.script(Reply(text="一句话的回答。", chunk_chars=50))
+def test_a_quick_answer_is_one_reply_with_the_finished_card(fake_llm, fake_feishu, feishu_conversation):  # noqa: F811
+    fake_llm.script(Reply(text="一句话的回答。", chunk_chars=2, token_delay=0.01))
+    feishu_post(feishu_conversation, "hi")
+
+    conversation_process(conversation_id=feishu_conversation.pk)
+
+    calls = [(r.method, r.path) for r in fake_feishu.requests if r.path not in TOKEN_PATHS]
+    assert [method for method, _ in calls] == ["POST", "POST", "DELETE"]  # reaction, reply, reaction off
+    (reply,) = fake_feishu.messages
+    assert reply["msg_type"] == "interactive" and reply["parent_id"] == INBOUND_ID
+    card = reply["content"]
+    assert card["schema"] == "2.0" and card["config"]["streaming_mode"] is False
+    assert card["body"]["elements"][0]["content"] == card_text(fake_feishu, reply) == "一句话的回答。"
+    assert fake_feishu.requests_to(r"/cardkit/") == []  # no CardKit entity to create, update or close
+    assistant = Message.objects.get(conversation=feishu_conversation, role=Message.Role.ASSISTANT)
+    assert f'"message_id": {assistant.pk}' in json.dumps(card["body"]["elements"][1])  # feedback buttons
+    (reaction,) = fake_feishu.reactions.values()
+    assert reaction["deleted"]
+
+
+def test_a_streamed_answer_is_five_calls_and_keeps_cardkit_spacing(fake_llm, fake_feishu, feishu_conversation):  # noqa: F811
+    fake_llm.script(Reply(text="一句话的回答，" * 6, chunk_chars=7, token_delay=0.06))
     feishu_post(feishu_conversation, "hi")
 
     conversation_process(conversation_id=feishu_conversation.pk)
@@ -258,4 +283,17 @@ def test_a_short_answer_is_five_calls_and_keeps_cardkit_spacing(fake_llm, fake_f
     assert calls[3] == ("PUT", card_path)  # reaction, card, reply, final update, reaction off
     create, final = fake_feishu.requests_to(r"/cardkit/v1/cards$")[0], fake_feishu.requests_to(card_path + "$")[0]
     assert final.time - create.time >= 0.09  # CardKit's ~10 operations/s per card
-    assert fake_feishu.card(reply["card_id"])["elements"]["answer"]["content"] == "一句话的回答。"
+    assert card_text(fake_feishu, reply) == "一句话的回答，" * 6
+
+
+def test_an_error_after_held_back_text_shows_both_once(fake_llm, fake_feishu, feishu_conversation, agent):  # noqa: F811
+    agent.timeout = 1
+    agent.save()
+    fake_llm.script(Reply(text="开头的几个字然后卡住", chunk_chars=6, hang=True, hang_after_chunks=1))
+    feishu_post(feishu_conversation, "hi")
+
+    conversation_process(conversation_id=feishu_conversation.pk)
+
+    (message,) = fake_feishu.messages
+    text = card_text(fake_feishu, message)
+    assert text.startswith("开头的几个字") and text.endswith("思考超时，请简化问题重试")
