@@ -297,3 +297,17 @@ def test_an_error_after_held_back_text_shows_both_once(fake_llm, fake_feishu, fe
     (message,) = fake_feishu.messages
     text = card_text(fake_feishu, message)
     assert text.startswith("开头的几个字") and text.endswith("思考超时，请简化问题重试")
+
+
+def test_a_refused_finished_card_falls_back_to_one_plain_message(fake_llm, fake_feishu, feishu_conversation):  # noqa: F811
+    fake_feishu.inject_error(230001, path=r"/im/v1/messages/.+/reply$", times=1)  # the card reply only
+    fake_llm.script(Reply(text="卡片被拒绝时的完整答案。", chunk_chars=4, token_delay=0.01))
+    feishu_post(feishu_conversation, "hi")
+
+    conversation_process(conversation_id=feishu_conversation.pk)
+
+    (message,) = fake_feishu.messages
+    assert message["msg_type"] == "post" and message["parent_id"] == INBOUND_ID
+    assert message["content"]["zh_cn"]["content"][0][0]["text"] == "卡片被拒绝时的完整答案。"
+    sent = [r.json["msg_type"] for r in fake_feishu.requests_to(r"/reply$")]
+    assert sent == ["interactive", "post"]
