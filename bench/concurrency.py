@@ -57,7 +57,7 @@ DEFAULT_APP = "omniagent.asgi:application"
 
 REPLY_RE = re.compile(r"^/open-apis/im/v1/messages/(om_[^/]+)/reply$")
 REACTION_RE = re.compile(r"^/open-apis/im/v1/messages/(om_[^/]+)/reactions(?:/[^/]+)?$")
-CARD_RE = re.compile(r"^/open-apis/cardkit/v1/cards/([^/]+)/")
+CARD_RE = re.compile(r"^/open-apis/cardkit/v1/cards/([^/]+)(?:/|$)")
 PROJECT_FRAME = re.compile(r"\((?:/work/main/)?(?:apps|omniagent)/")
 
 
