@@ -455,13 +455,25 @@ class Stack:
         return proc
 
     # -- the fakes -------------------------------------------------------------------------------
-    def start_fake_llm(self, *, port: int | None = None, latency: float | None = None, text: str | None = None) -> Proc:
+    def start_fake_llm(
+        self,
+        *,
+        port: int | None = None,
+        latency: float | None = None,
+        text: str | None = None,
+        token_delay: float = 0.0,
+        chunk_chars: int | None = None,
+    ) -> Proc:
         port = port or free_port()
         argv = [PYTHON, "-m", "tests.fakes.llm", "--port", str(port)]
         if latency is not None:
             argv += ["--latency", str(latency)]
         if text is not None:
             argv += ["--text", text]
+        if token_delay:
+            argv += ["--token-delay", str(token_delay)]
+        if chunk_chars:
+            argv += ["--chunk-chars", str(chunk_chars)]
         return self.start(
             f"fake-llm-{port}", argv, port=port, measured=False, ready=lambda: port_open(port), timeout=30
         )

@@ -327,6 +327,24 @@ def profile_summary(running: list[tuple[str, subprocess.Popen, Path]], top: int 
     return summary
 
 
+STREAM_CHUNK_CHARS = 8
+
+
+def slow_llm_timing(args) -> dict:
+    """The slow model takes --llm-latency in all; with --llm-stream S its last S seconds stream the answer
+    (first token at latency - S, then chunks spaced so the last lands at latency): the cards then stream
+    with intermediate updates instead of opening with the whole answer."""
+    if not args.llm_stream:
+        return {"latency": args.llm_latency, "text": ANSWER}
+    chunks = max(1, math.ceil(len(ANSWER) / STREAM_CHUNK_CHARS))
+    return {
+        "latency": max(0.0, args.llm_latency - args.llm_stream),
+        "text": ANSWER,
+        "token_delay": args.llm_stream / chunks,
+        "chunk_chars": STREAM_CHUNK_CHARS,
+    }
+
+
 def phase_concurrency(stack: Stack, feishu: FakeFeishuProc, *, web_url: str, bot_id: int, n: int, args) -> dict:
     items = webhook_bodies(SLOW_APP, f"conc{os.getpid()}", n)
     print(f"-- concurrency: {n} conversations, one message each, LLM latency {args.llm_latency} s", flush=True)
@@ -358,6 +376,7 @@ def phase_concurrency(stack: Stack, feishu: FakeFeishuProc, *, web_url: str, bot
     result = {
         "conversations": n,
         "llm_latency_s": args.llm_latency,
+        "llm_stream_s": args.llm_stream,
         "webhooks_accepted": len(ok),
         "webhook_statuses": dict(_count(s["status"] for s in sent.values())),
         "webhook_ack_ms": dist_ms([s["acked"] - s["sent"] for s in sent.values()]),
@@ -449,6 +468,10 @@ def _count(values) -> dict:
 
 
 # --- report -----------------------------------------------------------------------------------------
+def _streamed(c: dict) -> str:
+    return f" (answer streamed over its last {c['llm_stream_s']} s)" if c.get("llm_stream_s") else " (answer at once)"
+
+
 def markdown(report: dict) -> str:
     c, o, mem = report.get("concurrency"), report.get("overhead"), report["memory"]
 
@@ -471,7 +494,8 @@ def markdown(report: dict) -> str:
     ]
     if c:
         lines.append(
-            f"| {c['conversations']} conversations, LLM {c['llm_latency_s']} s: all answered after the last send "
+            f"| {c['conversations']} conversations, LLM {c['llm_latency_s']} s{_streamed(c)}: "
+            "all answered after the last send "
             f"| ≤ {c['target_s']} s | {c['all_answered_after_last_send_s']} s "
             f"({c['answered']}/{c['conversations']} answered) | {mark(c['pass'])} |"
         )
@@ -546,6 +570,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--conversations", type=int, default=200)
     parser.add_argument("--llm-latency", type=float, default=2.0)
+    parser.add_argument(
+        "--llm-stream", type=float, default=0.0, help="of --llm-latency, seconds streaming the answer (0: at once)"
+    )
+    parser.add_argument("--out", default=None, help="JSON report path (default bench/out/concurrency.json)")
     parser.add_argument("--target-answer", type=float, default=3.0)
     parser.add_argument("--overhead-messages", type=int, default=100)
     # Light load on purpose: overhead is the latency of one message, not what queueing adds under load.
@@ -586,7 +614,7 @@ def main() -> int:
         print("-- starting the stack (bench/out/logs/concurrency/)", flush=True)
         stack.database_create()
         feishu = stack.start_fake_feishu()
-        slow_llm = stack.start_fake_llm(latency=args.llm_latency, text=ANSWER)
+        slow_llm = stack.start_fake_llm(**slow_llm_timing(args))
         fast_llm = stack.start_fake_llm(latency=0.0, text=ANSWER)
         web = stack.start_web(workers=args.web_workers, app=args.web_app, factory=args.web_factory)
         for i in range(args.worker_processes):
@@ -647,7 +675,7 @@ def main() -> int:
         }
 
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "concurrency.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
+    Path(args.out or OUT / "concurrency.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
     section = markdown(report)
     print()
     print(section)
