@@ -164,19 +164,19 @@ def conversation_process(*, conversation_id: int) -> None:
             return
     active = ActiveTurn(conversation_id=conversation_id, token=token)
     watchdog.register(active)
-    released = False
+    state = ""
     done: TurnDone | None = None
     try:
         if taken == "expired":
             _recover(conversation_id=conversation_id)
         claim = True
-        while not active.lease_lost:
+        while True:
             if message is None:
-                message, released, claim = _next(
+                message, state, claim = _next(
                     conversation_id=conversation_id, token=token, active=active, claim=claim, done=done
                 )
                 done = None
-                if released:
+                if state in (RELEASED, LOST):
                     return
                 if message is None:
                     continue
@@ -187,42 +187,53 @@ def conversation_process(*, conversation_id: int) -> None:
             claim = False
     finally:
         watchdog.unregister(active)
-        if done is not None:  # the lease was lost right after a turn: write its timings on their own
+        if done is not None:  # the loop ended right after a turn: write its timings on their own
             Turn.objects.filter(pk=done.turn_id).update(timings=done.timings, duration_ms=done.duration_ms)
-        if not released and not active.lease_lost:
+        if state not in (RELEASED, LOST):
             # An unexpected error (e.g. the database went away mid-turn): put the half-done message
-            # back in the queue and free the conversation; the sweep re-enqueues it. If even this
-            # fails, the lease expires and the next runner recovers the same way (_recover).
+            # back in the queue and free the conversation (only if the lease is still ours: it checks
+            # under the row lock); the sweep re-enqueues it. If even this fails, the lease expires
+            # and the next runner recovers the same way (_recover).
             _release_after_error(conversation_id=conversation_id, token=token)
+
+
+# What _next found besides a message.
+AGAIN = "again"  # nothing claimed this time (a /stop took it first, or the lease was taken back): look again
+RELEASED = "released"  # nothing pending: the lease is free
+LOST = "lost"  # the lease is no longer ours (it expired and another runner took over)
 
 
 def _next(
     *, conversation_id: int, token: str, active: ActiveTurn, claim: bool, done: TurnDone | None
-) -> tuple[Message | int | None, bool, bool]:
-    """(message claimed, lease released, claim on the next call); (None, False, ...) means look again
-    (or stop if ``active.lease_lost`` got set)."""
+) -> tuple[Message | int | None, str, bool]:
+    """(message claimed or None, AGAIN/RELEASED/LOST, whether to claim first on the next call)."""
     if store.fast():
+        # The statement itself says whether the lease is still ours; the watchdog's lease_lost flag
+        # is not used here: it can be set by a renewal that ran while we had released the lease for
+        # a moment, before the look below took it back.
         timings = {"turn_id": done.turn_id, "timings": done.timings, "duration_ms": done.duration_ms} if done else {}
         got = store.claim_next(conversation_id=conversation_id, token=token, **timings)
         if not got.leased:
             logger.warning("runner.lease_lost", conversation_id=conversation_id)
             active.lease_lost = True
-            return None, False, True
+            return None, LOST, True
         if got.message is not None or not got.released:
-            return got.message, False, True  # None: a /stop took the pending message first; look again
+            return got.message, AGAIN, True  # None: a /stop took the pending message first
         # Released: look again with a fresh snapshot (see the module docstring), taking the lease back
         # if a message is pending (the next claim_next then claims it).
         if store.lease_take_if_pending(conversation_id=conversation_id, token=token):
-            return None, False, True
-        return None, True, True
+            return None, AGAIN, True
+        return None, RELEASED, True
+    if active.lease_lost:  # the watchdog could not renew the lease: another runner may have it
+        return None, LOST, True
     # Right after a turn, usually nothing is pending: go straight to the locked release check
     # (it looks for pending messages itself) instead of an unlocked look first.
     message_id = _claim_next(conversation_id=conversation_id) if claim else None
     if message_id is not None:
-        return message_id, False, True
+        return message_id, AGAIN, True
     if lease_release_if_idle(conversation_id=conversation_id, token=token):
-        return None, True, True
-    return None, False, True
+        return None, RELEASED, True
+    return None, AGAIN, True
 
 
 def _release_after_error(*, conversation_id: int, token: str) -> None:

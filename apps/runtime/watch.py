@@ -110,6 +110,10 @@ class Watchdog:
         with self._lock:
             return next((a for a in self._active.values() if a.turn_id == turn_id), None)
 
+    def _registered(self, active: ActiveTurn) -> bool:
+        with self._lock:
+            return id(active) in self._active
+
     def _snapshot(self) -> list[ActiveTurn]:
         with self._lock:
             return list(self._active.values())
@@ -150,7 +154,8 @@ class Watchdog:
                 renewed = Conversation.objects.filter(pk=active.conversation_id, runner_token=active.token).update(
                     runner_lease_until=until
                 )
-                if not renewed and not active.lease_lost:
+                if not renewed and not active.lease_lost and self._registered(active):
+                    # (A runner that has just released its lease and is leaving is not "lost".)
                     active.lease_lost = True
                     logger.warning("runner.lease_lost", conversation_id=active.conversation_id)
 

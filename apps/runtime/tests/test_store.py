@@ -187,3 +187,37 @@ def test_a_message_committed_just_after_the_release_is_answered_by_the_same_runn
 
     assert late and recorder.finals(conversation) == ["re: first", "re: late"]
     assert settled(conversation)
+
+
+def test_a_renewal_that_fails_while_the_lease_is_briefly_released_does_not_stop_the_runner(
+    fake_llm, recorder, make_conversation, monkeypatch
+):
+    """The watchdog may renew while the runner has released the lease for a moment (and flag it
+    lost); the runner's look again takes it back and must still answer what is pending."""
+    from apps.runtime.watch import watchdog
+
+    fake_llm.default = Reply(text="re: {last_user}")
+    conversation = make_conversation()
+    post(conversation, "first", enqueue=False)
+    real_claim_next, real_take = store.claim_next, store.lease_take_if_pending
+    late = []
+
+    def claim_next_then_a_message_arrives(**kwargs):
+        claimed = real_claim_next(**kwargs)
+        if claimed.released and not late:
+            late.append(post(conversation, "late", enqueue=False))
+        return claimed
+
+    def renewal_fails_first(**kwargs):
+        for active in watchdog._snapshot():  # what a renewal in this window does
+            if active.conversation_id == conversation.pk:
+                active.lease_lost = True
+        return real_take(**kwargs)
+
+    monkeypatch.setattr(store, "claim_next", claim_next_then_a_message_arrives)
+    monkeypatch.setattr(store, "lease_take_if_pending", renewal_fails_first)
+
+    conversation_process(conversation_id=conversation.pk)
+
+    assert recorder.finals(conversation) == ["re: first", "re: late"]
+    assert settled(conversation)
