@@ -4,12 +4,12 @@
 enqueues it, the sweep re-enqueues): only the caller that wins the lease answers messages; the
 others return at once (after handling any /stop, which must not wait behind the turn it stops).
 
-No lost wake-up: the runner releases the lease only inside a transaction that holds the
-conversation row lock (SELECT ... FOR UPDATE) and sees no pending message. Ingest inserts the
-message and bumps ``conversation.last_activity_at`` in one transaction, so it either committed
-before the check (the runner sees the message and carries on) or it waits for the release and its
-on-commit enqueue then wins the free lease. Even without the bump, the enqueue's CAS on the
-runner token blocks on the row lock and re-checks after the release.
+No lost wake-up (ORM path, the embedded default's SQLite): the runner releases the lease only
+inside a transaction that holds the conversation row lock (SELECT ... FOR UPDATE) and sees no
+pending message. Ingest inserts the message and bumps ``conversation.last_activity_at`` in one
+transaction, so it either committed before the check (the runner sees the message and carries on)
+or it waits for the release and its on-commit enqueue then wins the free lease. Even without the
+bump, the enqueue's CAS on the runner token blocks on the row lock and re-checks after the release.
 
 On PostgreSQL the runner's steps are single statements (apps.runtime.store): taking the lease and
 claiming the first message are one, claiming the next message or releasing is one. That release
@@ -17,7 +17,8 @@ does not lock the row before it checks, so a message committed meanwhile can be 
 NOT EXISTS; right after releasing, the runner therefore looks again with a fresh snapshot, taking
 the lease back if a message is pending. Any message committed before that second look is seen by
 it; any committed after it was committed after the release too, so its own enqueue finds the lease
-free. (No reliance on the activity bump there.)
+free. (No reliance on the activity bump there.) Whether the lease is still ours is what those
+statements find, not the watchdog's flag (see _next).
 """
 
 from __future__ import annotations
