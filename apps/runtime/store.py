@@ -44,11 +44,11 @@ def fast() -> bool:
 
 
 @cache
-def _fields(model: type[Model]) -> tuple[list[str], str, list[tuple[int, Any, list]]]:
-    """(attnames, "alias"-less column list, converters by position) of ``model``'s concrete fields."""
+def _fields(model: type[Model]) -> tuple[list[str], list[tuple[int, Any, list]]]:
+    """(attnames, the from-database converters by position) of ``model``'s concrete fields."""
     fields = list(model._meta.concrete_fields)
     converters = [(i, f, f.get_db_converters(connection)) for i, f in enumerate(fields)]
-    return [f.attname for f in fields], ", ".join(f'"{f.column}"' for f in fields), [c for c in converters if c[2]]
+    return [f.attname for f in fields], [c for c in converters if c[2]]
 
 
 def _columns(model: type[Model], alias: str) -> str:
@@ -57,7 +57,7 @@ def _columns(model: type[Model], alias: str) -> str:
 
 def _instance(model: type[Model], values: tuple | list):
     """A model instance from a row of its concrete columns (as a queryset would build it)."""
-    names, _, converters = _fields(model)
+    names, converters = _fields(model)
     if values[0] is None:
         return None
     values = list(values)
@@ -70,9 +70,10 @@ def _instance(model: type[Model], values: tuple | list):
 def _execute(sql: str, params: dict[str, Any] | tuple, *, many: bool = False):
     """Run one of this module's statements and return its first row.
 
-    As a prepared statement with server-side parameter binding: PostgreSQL parses and plans these
-    CTEs once per connection instead of every turn (its CPU is the same two cores; planning was most
-    of it), and Python stops quoting values into the text. Django turns psycopg's automatic preparing
+    As a prepared statement with server-side parameter binding: PostgreSQL parses these CTEs once
+    per connection (and, after a few runs, keeps a generic plan) instead of every turn, and Python
+    stops quoting values into the text. (PostgreSQL's CPU per turn did not drop measurably in
+    bench/turn_cpu, it is mostly execution; the worker's did a little.) Django turns psycopg's automatic preparing
     off (prepare_threshold None), so the cursor asks for it. It goes through Django's cursor wrapper,
     so execute wrappers, query logging and error translation still apply.
     """
