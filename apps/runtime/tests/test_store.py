@@ -221,3 +221,15 @@ def test_a_renewal_that_fails_while_the_lease_is_briefly_released_does_not_stop_
 
     assert recorder.finals(conversation) == ["re: first", "re: late"]
     assert settled(conversation)
+
+
+def test_the_statements_are_prepared_on_their_connection(make_conversation):
+    """Django turns psycopg's preparing off (prepare_threshold None, which also ignores prepare=True):
+    the store's statements must still be prepared, or PostgreSQL parses each one at every run."""
+    conversation = make_conversation()
+    for _ in range(2):
+        store.claim(conversation_id=conversation.pk, token="t1")
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE %s", ["%WITH pending AS%"])
+        assert cursor.fetchone()[0] == 1
