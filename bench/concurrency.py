@@ -485,7 +485,7 @@ def markdown(report: dict) -> str:
         f"(commit {report['commit']}). Real stack: uvicorn `{report['config'].get('web_app', DEFAULT_APP)}` "
         f"({report['config']['web_workers']} process(es)), "
         f"{report['config']['worker_processes']} Celery worker process(es) `-P threads` with "
-        f"{report['config']['worker_concurrency']} threads in all, beat, PostgreSQL, Redis, fake Feishu and fake LLM "
+        f"{report['config']['worker_concurrency']} threads each, beat, PostgreSQL, Redis, fake Feishu and fake LLM "
         "as separate processes; webhooks encrypted and signed like Feishu's; "
         f"FEISHU_RATE_PER_SECOND={report['config']['feishu_rate']} (the fake has no quota).",
         "",
@@ -581,10 +581,10 @@ def main() -> int:
     parser.add_argument("--target-p50", type=float, default=50.0)
     parser.add_argument("--target-p99", type=float, default=200.0)
     parser.add_argument("--memory-target", type=float, default=1024.0, help="MiB")
-    parser.add_argument("--worker-concurrency", type=int, default=200)
+    parser.add_argument("--worker-concurrency", type=int, default=200, help="threads per worker process")
     parser.add_argument("--feishu-rate", type=int, default=2000, help="FEISHU_RATE_PER_SECOND for the stack")
     parser.add_argument(
-        "--worker-processes", type=int, default=1, help="Celery worker processes sharing --worker-concurrency"
+        "--worker-processes", type=int, default=1, help="Celery worker processes, --worker-concurrency threads each"
     )
     parser.add_argument("--web-app", default=DEFAULT_APP, help="ASGI app uvicorn serves")
     parser.add_argument("--web-factory", action="store_true", help="--web-app is a factory (uvicorn --factory)")
@@ -619,7 +619,7 @@ def main() -> int:
         web = stack.start_web(workers=args.web_workers, app=args.web_app, factory=args.web_factory)
         for i in range(args.worker_processes):
             name = "worker" if args.worker_processes == 1 else f"worker{i + 1}"
-            stack.start_worker(concurrency=args.worker_concurrency // args.worker_processes, name=name)
+            stack.start_worker(concurrency=args.worker_concurrency, name=name)
         stack.start_beat()
         stack.django_setup()
         ids = provision(
