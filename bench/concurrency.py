@@ -3,9 +3,10 @@
     .venv/bin/python -m bench.concurrency                 # N=200, LLM 2 s, then the overhead phase
     .venv/bin/python -m bench.concurrency --conversations 50 --overhead-messages 50   # quicker
 
-Starts (bench/_stack.py) uvicorn with omniagent.asgi:application, a Celery worker
-(`-P threads -c 200`), beat, the fake Feishu server and two fake LLMs (one answering after
---llm-latency seconds, one at once), all on a fresh database (omniagent_bench) and Redis db 11.
+Starts (bench/_stack.py) uvicorn with omniagent.asgi:application, two Celery worker processes
+(`-P threads -c 200` each, one per core as deploy/ runs them), beat, the fake Feishu server and two
+fake LLMs (one answering after --llm-latency seconds, one at once), all on a fresh database
+(omniagent_bench) and Redis db 11.
 Provisions one tenant with two webhook bots (encrypted and signed, like Feishu) bound to two agents.
 
 Phase 1, concurrency: N conversations each send one message at the same moment to the slow bot.
@@ -584,7 +585,7 @@ def main() -> int:
     parser.add_argument("--worker-concurrency", type=int, default=200, help="threads per worker process")
     parser.add_argument("--feishu-rate", type=int, default=2000, help="FEISHU_RATE_PER_SECOND for the stack")
     parser.add_argument(
-        "--worker-processes", type=int, default=1, help="Celery worker processes, --worker-concurrency threads each"
+        "--worker-processes", type=int, default=2, help="Celery worker processes, --worker-concurrency threads each"
     )
     parser.add_argument("--web-app", default=DEFAULT_APP, help="ASGI app uvicorn serves")
     parser.add_argument("--web-factory", action="store_true", help="--web-app is a factory (uvicorn --factory)")
