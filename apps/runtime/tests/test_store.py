@@ -233,3 +233,27 @@ def test_the_statements_are_prepared_on_their_connection(make_conversation):
     with connection.cursor() as cursor:
         cursor.execute("SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE %s", ["%WITH pending AS%"])
         assert cursor.fetchone()[0] == 1
+
+
+def test_leases_are_renewed_in_one_statement_and_a_lost_one_is_told_apart(make_conversation):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from apps.runtime.watch import ActiveTurn, _leases_renew
+
+    ours, taken = make_conversation(), make_conversation()
+    assert runner.lease_acquire(conversation_id=ours.pk, token="ours")
+    assert runner.lease_acquire(conversation_id=taken.pk, token="someone-else")
+    until = timezone.now() + timedelta(minutes=5)
+
+    with CaptureQueriesContext(connection) as queries:
+        renewed = _leases_renew(
+            [ActiveTurn(conversation_id=ours.pk, token="ours"), ActiveTurn(conversation_id=taken.pk, token="old")],
+            until=until,
+        )
+
+    assert renewed == {"ours"} and len(queries) == 1
+    ours.refresh_from_db()
+    taken.refresh_from_db()
+    assert ours.runner_lease_until == until and taken.runner_lease_until != until
