@@ -30,6 +30,7 @@ from apps.runtime.commands import command_parse
 from apps.runtime.dispatch import stop_enqueue, turn_enqueue
 from apps.transcripts.models import Conversation, InboundEvent, Message, Origin
 from omniagent.metrics import INBOUND_EVENTS
+from omniagent.pg import explicit_prepare_allow
 
 logger = structlog.get_logger(__name__)
 
@@ -376,6 +377,7 @@ def _execute_bound(conn, statement: str, params: tuple) -> tuple:
     that work per event. Django turns psycopg's automatic preparation off (prepare_threshold None, for
     poolers such as PgBouncer), so the cursor asks for it. Errors come out as Django's exceptions."""
     conn.ensure_connection()
+    explicit_prepare_allow(conn.connection)
     with conn.wrap_database_errors, _bound_cursor_class()(conn.connection) as cursor:
         cursor.execute(statement, params, prepare=True)
         return cursor.fetchone()

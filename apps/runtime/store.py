@@ -34,6 +34,7 @@ from django.db.models import Model
 from django.utils import timezone
 
 from apps.transcripts.models import Conversation, Message, Turn
+from omniagent.pg import explicit_prepare_allow
 
 # Set to False to force the ORM path on PostgreSQL too (tests run both).
 SINGLE_STATEMENTS = True
@@ -77,12 +78,7 @@ def _execute(sql: str, params: dict[str, Any] | tuple, *, many: bool = False):
     so execute wrappers, query logging and error translation still apply.
     """
     connection.ensure_connection()
-    if connection.connection.prepare_threshold is None:
-        # psycopg ignores prepare=True while the threshold is None (what Django sets): a threshold
-        # nothing reaches keeps every other query unprepared, as Django wants, and lets ours be.
-        # (Measured with log_statement_stats: PostgreSQL parsed every one of these statements at
-        # every run before; preparing them cut its CPU for them by about half.)
-        connection.connection.prepare_threshold = _NEVER_AUTOMATICALLY
+    explicit_prepare_allow(connection.connection)
     raw = _PreparedCursor(connection.connection)
     cursor = connection.make_debug_cursor(raw) if connection.queries_logged else connection.make_cursor(raw)
     with cursor:
@@ -93,9 +89,6 @@ def _execute(sql: str, params: dict[str, Any] | tuple, *, many: bool = False):
 def fetch_all(sql: str, params: dict[str, Any] | tuple) -> list[tuple]:
     """All rows of a fixed, hand-written statement, prepared like this module's own (PostgreSQL only)."""
     return _execute(sql, params, many=True)
-
-
-_NEVER_AUTOMATICALLY = 2**62
 
 
 class _PreparedCursor(psycopg.Cursor):

@@ -283,3 +283,19 @@ def test_the_cached_statement_is_what_djangos_compiler_builds(db, answered, monk
             ingest._insert_sql_cached(conversation, update_fields=fields, unique_fields=["key"]),
             ingest._insert_sql(conversation, update_fields=fields, unique_fields=["key"]),
         )
+
+
+def test_the_one_statement_is_prepared_on_its_connection(db):
+    """Django turns psycopg's preparing off (which also ignores prepare=True): the ingest statement
+    must still be prepared, or PostgreSQL parses and plans the three inserts for every event."""
+    from django.db import connection
+
+    bot = BotFactory()
+    BindingFactory(bot=bot, tenant=bot.tenant)
+    for n in range(2):
+        payload = message_event(app_id=bot.app_id, message_id=f"om_prepared_{n}", chat_id="oc_prepared")
+        assert event_ingest(bot=bot, payload=payload, source="webhook").outcome == "accepted"
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE %s", ["WITH ev AS (%"])
+        assert cursor.fetchone()[0] == 1
