@@ -391,10 +391,17 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8100)
     parser.add_argument("--latency", type=float, default=None, help="fixed seconds to first token (benchmarks)")
     parser.add_argument("--text", default=None, help="always answer this text instead of the demo")
+    parser.add_argument("--token-delay", type=float, default=0.0, help="seconds between streamed chunks (benchmarks)")
+    parser.add_argument("--chunk-chars", type=int, default=None, help="characters per streamed chunk (benchmarks)")
     args = parser.parse_args()
     server = FakeLLM()
     if args.text is not None or args.latency is not None:
-        server.default = Reply(text=args.text if args.text is not None else "ok", first_token_delay=args.latency or 0.0)
+        server.default = Reply(
+            text=args.text if args.text is not None else "ok",
+            first_token_delay=args.latency or 0.0,
+            token_delay=args.token_delay,
+            chunk_chars=args.chunk_chars or Reply.chunk_chars,
+        )
     print(f"fake LLM ({DEMO_MODEL}) on http://{args.host}:{args.port}/v1", flush=True)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(server._serve(args.host, args.port, None))
