@@ -28,36 +28,10 @@ from django.conf import settings
 
 logger = structlog.get_logger(__name__)
 
-# KEYS[1] = bucket key; ARGV = rate (tokens/s), capacity (tokens), cost (tokens).
+# KEYS[1] = bucket key; ARGV = rate (tokens/s), capacity (tokens), cost (tokens to take).
 # The hash holds `tokens` (may go negative: reserved by callers who are sleeping) and `ts` (µs).
-# Returns the wait in microseconds before the reserved token may be used.
-_RESERVE_LUA = """
-local rate = tonumber(ARGV[1])
-local capacity = tonumber(ARGV[2])
-local cost = tonumber(ARGV[3])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
-local tokens = tonumber(state[1])
-local ts = tonumber(state[2])
-if tokens == nil or ts == nil then
-  tokens = capacity
-  ts = now
-end
-tokens = math.min(capacity, tokens + (now - ts) * rate / 1000000)
-tokens = tokens - cost
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
-local wait = 0
-if tokens < 0 then
-  wait = math.ceil(-tokens * 1000000 / rate)
-end
--- keep the key while debt is outstanding, drop it once the bucket would be full again
-redis.call('PEXPIRE', KEYS[1], math.ceil(((capacity - tokens) / rate) * 1000) + 1000)
-return wait
-"""
-
-
-# Same bucket, n tokens at once; returns the level after taking them (may be negative) as a string.
+# Returns the level after taking them (may be negative) as a string; the key is kept while debt is
+# outstanding and dropped once the bucket would be full again.
 _RESERVE_BATCH_LUA = """
 local rate = tonumber(ARGV[1])
 local capacity = tonumber(ARGV[2])
@@ -136,7 +110,6 @@ class RedisRateLimiter(RateLimiter):
 
     def __init__(self, url: str) -> None:
         self._redis = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
-        self._script = self._redis.register_script(_RESERVE_LUA)
         self._batch_script = self._redis.register_script(_RESERVE_BATCH_LUA)
         self._lock = threading.Lock()
         self._batches: dict[str, _Batch] = {}
@@ -164,25 +137,20 @@ class RedisRateLimiter(RateLimiter):
 
     def reserve_batch(self, key: str, *, rate: float, capacity: float, count: int) -> list[float]:
         """Take `count` tokens in one round trip; returns each one's due time (time.monotonic clock)."""
-        if count == 1:
-            return [time.monotonic() + self.reserve(key, rate=rate, capacity=capacity)]
         now = time.monotonic()
         try:
             level = float(self._batch_script(keys=[self.key_prefix + key], args=[rate, capacity, count]))
         except (redis.RedisError, ValueError) as exc:
             logger.warning("feishu.ratelimit.unavailable", key=key, error=f"{exc.__class__.__name__}: {exc}"[:200])
-            return [now] * count  # fail open, like reserve()
+            return [now] * count  # fail open
         # token i (1..count) is paid once the level before it, level + count - i + 1, reaches 1
         return [now + max(0.0, (i - count - level) / rate) for i in range(1, count + 1)]
 
     def reserve(self, key: str, *, rate: float, capacity: float) -> float:
-        try:
-            micros = self._script(keys=[self.key_prefix + key], args=[rate, capacity, 1])
-        except redis.RedisError as exc:
-            # fail open: Feishu's own 429s (retried with backoff) still protect us while Redis is away
-            logger.warning("feishu.ratelimit.unavailable", key=key, error=f"{exc.__class__.__name__}: {exc}"[:200])
-            return 0.0
-        return int(micros) / 1_000_000
+        # Fails open (no wait) while Redis is away: Feishu's own 429s, retried with backoff, still
+        # protect us then.
+        [due] = self.reserve_batch(key, rate=rate, capacity=capacity, count=1)
+        return max(0.0, due - time.monotonic())
 
 
 class LocalRateLimiter(RateLimiter):
