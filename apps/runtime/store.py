@@ -117,6 +117,19 @@ class Claim:
 _USER_PENDING = "conversation_id = %(c)s AND role = 'user' AND status = 'pending'"
 
 
+def _claim_select(ours: str, released: str) -> str:
+    """The row both claim statements return: (lease ours, a message pending, lease released), the
+    conversation, the claimed message (NULLs if none) and when the message before it was written."""
+    return f"""SELECT {ours}, EXISTS (SELECT 1 FROM pending), {released},
+    {_columns(Conversation, "c")}, {_columns(Message, "claimed")},
+    (SELECT p.created_at FROM transcripts_message p
+     WHERE p.conversation_id = %(c)s AND p.id < claimed.id AND p.role IN ('user', 'assistant')
+     ORDER BY p.id DESC LIMIT 1)
+FROM transcripts_conversation c LEFT JOIN claimed ON TRUE
+WHERE c.id = %(c)s
+"""  # noqa: S608 - only column lists from the models are interpolated
+
+
 @cache
 def _claim_sql() -> str:
     return f"""
@@ -131,14 +144,7 @@ WITH pending AS (
     WHERE id = (SELECT id FROM pending) AND status = 'pending' AND EXISTS (SELECT 1 FROM lease)
     RETURNING *
 )
-SELECT EXISTS (SELECT 1 FROM lease), EXISTS (SELECT 1 FROM pending), FALSE,
-    {_columns(Conversation, "c")}, {_columns(Message, "claimed")},
-    (SELECT p.created_at FROM transcripts_message p
-     WHERE p.conversation_id = %(c)s AND p.id < claimed.id AND p.role IN ('user', 'assistant')
-     ORDER BY p.id DESC LIMIT 1)
-FROM transcripts_conversation c LEFT JOIN claimed ON TRUE
-WHERE c.id = %(c)s
-"""  # noqa: S608 - only column lists from the models are interpolated
+{_claim_select("EXISTS (SELECT 1 FROM lease)", "FALSE")}"""  # noqa: S608 - only column lists from the models are interpolated
 
 
 @cache
@@ -160,14 +166,7 @@ WITH owned AS (
     UPDATE transcripts_turn SET timings = %(timings)s::jsonb, duration_ms = %(duration)s
     WHERE id = %(turn)s
 )
-SELECT EXISTS (SELECT 1 FROM owned), EXISTS (SELECT 1 FROM pending), EXISTS (SELECT 1 FROM released),
-    {_columns(Conversation, "c")}, {_columns(Message, "claimed")},
-    (SELECT p.created_at FROM transcripts_message p
-     WHERE p.conversation_id = %(c)s AND p.id < claimed.id AND p.role IN ('user', 'assistant')
-     ORDER BY p.id DESC LIMIT 1)
-FROM transcripts_conversation c LEFT JOIN claimed ON TRUE
-WHERE c.id = %(c)s
-"""  # noqa: S608 - only column lists from the models are interpolated
+{_claim_select("EXISTS (SELECT 1 FROM owned)", "EXISTS (SELECT 1 FROM released)")}"""  # noqa: S608 - only column lists from the models are interpolated
 
 
 def _claim_result(row: tuple | None) -> Claim:
