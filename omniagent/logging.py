@@ -44,5 +44,5 @@ def configure_logging(*, fmt: str, level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("httpx", "httpcore", "urllib3", "Lark", "asyncio"):
+    for noisy in ("httpx", "httpx2", "httpcore", "httpcore2", "urllib3", "Lark", "asyncio"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
