@@ -37,3 +37,7 @@ application = ProtocolTypeRouter(
         "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )
+
+from apps.runtime.warmup import heap_freeze  # noqa: E402
+
+heap_freeze()  # last: everything imported above lives as long as the process

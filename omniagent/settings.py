@@ -178,6 +178,12 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = TIME_ZONE
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# No Redis ack emulation: it costs every task two Redis round trips and a new Redis client object in
+# the worker's one consumer thread, and buys little here. Tasks are acked as they start (not
+# acks_late); what must not be lost is in the database, and a wake-up reserved but not started when
+# a worker stops or dies is redone by the beat sweep (runtime.conversations_sweep: unanswered
+# messages without a live runner), well before ack emulation's one-hour visibility timeout would.
+CELERY_BROKER_TRANSPORT_OPTIONS = {"ack_emulation": False}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 
 # --- auth, static -----------------------------------------------------------------------------

@@ -1,25 +1,30 @@
 """LLM calls through the official openai SDK: streaming, tool calls, retries, fallback, deadline.
 
-One ``openai.OpenAI`` client per (base_url, api_key) per process, so HTTP connections are pooled
-across turns. The SDK's own retries are off: they do not know the turn's deadline. Here a logical
-call (primary, its retries, then the fallback model) must finish within ``agent.timeout`` seconds
-or it ends with AGENT_001; the watchdog interrupts a stream that is blocked past its deadline or
-whose turn was cancelled.
+A few ``openai.OpenAI`` clients per (base_url, api_key) per process, so HTTP connections are pooled
+across turns (``CLIENT_SHARDS`` says why a few and not one). The SDK's own retries are off: they do
+not know the turn's deadline. Here a logical call (primary, its retries, then the fallback model)
+must finish within ``agent.timeout`` seconds or it ends with AGENT_001; the watchdog interrupts a
+stream that is blocked past its deadline or whose turn was cancelled.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
+import itertools
 import json
 import random
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import httpx2
 import openai
 import structlog
+from openai._streaming import ServerSentEvent, SSEDecoder
 
 from apps.runtime.errors import LLMTimeout, TurnCancelled, TurnError
 
@@ -32,8 +37,15 @@ logger = structlog.get_logger(__name__)
 RETRIES = 2  # per model, for transient errors only
 BACKOFF_BASE = 0.5
 
-_clients: dict[tuple[str, str], openai.OpenAI] = {}
+# httpx's connection pool scans every connection it holds on each request and each close (with a
+# readability syscall per idle one): one pool serving a process's hundreds of turn threads made that
+# scan a visible share of a turn's CPU. Threads are spread over this many clients (pools) instead.
+CLIENT_SHARDS = 8
+
+_clients: dict[tuple[str, str, int], openai.OpenAI] = {}
 _clients_lock = threading.Lock()
+_thread_shard = threading.local()
+_next_shard = itertools.count()
 
 try:  # the SDK's generic request path (what chat.completions.create ends in), see _post_stream
     from openai._base_client import make_request_options
@@ -44,14 +56,36 @@ except ImportError:  # pragma: no cover - depends on the SDK version
     _DIRECT_POST = False
 
 
+class _OpenAI(openai.OpenAI):
+    """The SDK's client with a faster decoder for the server-sent events of a stream."""
+
+    def _make_sse_decoder(self) -> SSEDecoder:
+        return EventBlockDecoder()
+
+
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """One TLS context for every client of the process: building one loads the CA bundle (~10 ms)."""
+    return httpx2.create_ssl_context()
+
+
 def llm_client(*, base_url: str, api_key: str) -> openai.OpenAI:
-    key = (base_url, api_key)
+    """This thread's client for the endpoint: one of CLIENT_SHARDS, each thread keeps its own."""
+    shard = getattr(_thread_shard, "index", None)
+    if shard is None:
+        shard = _thread_shard.index = next(_next_shard) % CLIENT_SHARDS
+    key = (base_url, api_key, shard)
     client = _clients.get(key)
     if client is None:
         # Built outside the lock: the first construction is slow (imports, TLS context) and threads
         # waiting on a lock here would sit on their DB connections in older code paths.
         # Some self-hosted endpoints take no key; the SDK insists on a non-empty one.
-        fresh = openai.OpenAI(base_url=base_url, api_key=api_key or "none", max_retries=0)
+        fresh = _OpenAI(
+            base_url=base_url,
+            api_key=api_key or "none",
+            max_retries=0,
+            http_client=openai.DefaultHttpxClient(verify=_tls_context()),
+        )
         with _clients_lock:
             client = _clients.setdefault(key, fresh)
         if client is not fresh:
@@ -342,6 +376,49 @@ def _chunk_dicts(stream: openai.Stream) -> Iterator[dict[str, Any]]:
             yield data
     finally:
         stream.response.close()
+
+
+class EventBlockDecoder(SSEDecoder):
+    """The SDK's SSE decoder, with a fast path for what chat completion streams are made of.
+
+    The SDK splits the body into lines through a regular expression and a buffer and runs each line
+    through the spec's field parser: about a dozen Python calls per token. Streams separate events
+    with a blank line ("\n\n") and carry each chunk in one ``data:`` line, so a whole event block
+    is cut out at once and, when it is that single line, becomes its event directly. Anything else
+    (CR line ends, comments, ``event:``/``id:`` fields, multi-line data) goes through the SDK's own
+    parser, line by line, so the result is the same as the SDK's.
+    """
+
+    def iter_bytes(self, iterator: Iterator[bytes]) -> Iterator[ServerSentEvent]:
+        buffer = b""
+        chunks = iter(iterator)
+        for chunk in chunks:
+            buffer = buffer + chunk if buffer else chunk
+            if b"\r" in buffer:  # not the common shape: the SDK's line decoder for the rest
+                yield from super().iter_bytes(itertools.chain((buffer,), chunks))
+                return
+            start = 0
+            while (end := buffer.find(b"\n\n", start)) >= 0:
+                block = buffer[start:end]
+                start = end + 2
+                if block.startswith(b"data: ") and b"\n" not in block:
+                    yield ServerSentEvent(data=block[6:].decode())
+                else:
+                    yield from self._block(block)
+            buffer = buffer[start:]
+        # The body ended inside an event: its lines are parsed but, as in the SDK, not dispatched
+        # without the blank line that ends an event.
+        *lines, rest = buffer.decode().split("\n")
+        yield from self._lines(lines + [rest] if rest else lines)
+
+    def _block(self, block: bytes) -> Iterator[ServerSentEvent]:
+        yield from self._lines(block.decode().split("\n") + [""])
+
+    def _lines(self, lines: list[str]) -> Iterator[ServerSentEvent]:
+        for line in lines:
+            sse = self.decode(line)
+            if sse:
+                yield sse
 
 
 def tool_calls_message(text: str, tool_calls: list[dict[str, Any]]) -> dict[str, Any]:

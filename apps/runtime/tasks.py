@@ -42,8 +42,11 @@ def conversations_sweep_task() -> None:
 
 
 @worker_ready.connect
-def _warm_up(**_: object) -> None:
+def _warm_up(sender: object = None, **_: object) -> None:
     # A burst of first turns would otherwise pay the imports together, holding the GIL.
-    from apps.runtime.warmup import runtime_warm_up
+    from apps.runtime.warmup import runtime_warm_up, threads_start
 
     runtime_warm_up()
+    executor = getattr(getattr(sender, "pool", None), "executor", None)  # -P threads only
+    if executor is not None:
+        threads_start(executor)
