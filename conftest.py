@@ -19,6 +19,19 @@ def _clear_cache():
     yield
 
 
+@pytest.fixture(autouse=True)
+def _turn_threads_end_with_their_test():
+    """The in-process runner's threads must not outlive the test that started them: a turn still
+    running at teardown writes into the database the next (transactional) test starts from."""
+    yield
+    from apps.runtime import dispatch
+
+    for pool in (dispatch._pool, dispatch._stop_pool):
+        if pool.cache_info().currsize:
+            pool().shutdown(wait=True)
+            pool.cache_clear()
+
+
 @dataclass
 class Personas:
     tenant_a: Tenant

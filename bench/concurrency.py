@@ -18,7 +18,7 @@ Phase 2, platform overhead: M messages, one new conversation each, at --overhead
   to the bot whose LLM answers at once. Overhead = webhook request sent -> first answer request out
   to Feishu for that message (the reply carrying the streaming card, or a plain reply).
   Targets: p50 <= 50 ms, p99 <= 200 ms.
-Memory: RSS (and PSS) of web + worker + beat including their children, sampled every 250 ms
+Memory: RSS (and PSS) of web + worker + beat including their children, sampled every 250 ms (PSS every 2 s)
   through both phases; the peak total is reported. Target: < 1 GiB.
 
 Prints the figures, writes bench/out/concurrency.json and updates the "Concurrency" section of

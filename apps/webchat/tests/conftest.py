@@ -30,15 +30,3 @@ def ws(agent_id: int | str, cookie: str | None = None) -> WebsocketCommunicator:
 def login() -> Callable[[object], str]:
     return session_cookie
 
-
-@pytest.fixture(autouse=True)
-def _turn_threads_end_with_their_test():
-    """The in-process runner's threads must not outlive the test that started them: a turn still
-    running at teardown writes into the database the next (transactional) test starts from."""
-    yield
-    from apps.runtime import dispatch
-
-    for pool in (dispatch._pool, dispatch._stop_pool):
-        if pool.cache_info().currsize:
-            pool().shutdown(wait=True)
-            pool.cache_clear()
