@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -37,18 +38,23 @@ def runtime_warm_up_in_background() -> None:
     threading.Thread(target=runtime_warm_up, name="runtime-warm-up", daemon=True).start()
 
 
-def threads_start(executor: ThreadPoolExecutor) -> int:
+def threads_start(executor: ThreadPoolExecutor, *, timeout: float = 5.0) -> int:
     """Start every thread of the pool now; returns how many it has.
 
     A ThreadPoolExecutor starts a thread per submit until it has ``max_workers``, and the submitting
     thread waits for each new thread to take the GIL and report that it runs. For Celery's thread
-    pool the submitter is the worker's one consumer thread: under a burst, with the turns already
-    running holding the GIL in turn, every one of those starts stalled the dispatch of all the
-    messages behind it (the benchmark saw no turn start at all for 0.3 s while a hundred waited).
+    pool the submitter is the worker's one consumer thread, so the first burst after start-up would
+    pay for up to 200 thread starts in the thread that hands out its tasks. Called when the worker is
+    ready, before it takes a task; if threads are busy after all, it gives up after ``timeout``.
     """
     size = executor._max_workers
-    barrier = threading.Barrier(size + 1)
+    barrier = threading.Barrier(size + 1, timeout=timeout)
     for _ in range(size):  # each blocks a thread on the barrier, so the next submit must start one more
-        executor.submit(barrier.wait, 30)
-    barrier.wait(30)
+        executor.submit(_wait_quietly, barrier)
+    _wait_quietly(barrier)
     return len(executor._threads)
+
+
+def _wait_quietly(barrier: threading.Barrier) -> None:
+    with contextlib.suppress(threading.BrokenBarrierError):
+        barrier.wait()

@@ -22,6 +22,17 @@ def test_threads_start_starts_every_thread_of_the_pool_at_once():
         executor.shutdown()
 
 
+def test_threads_start_gives_up_when_threads_are_busy():
+    executor = ThreadPoolExecutor(max_workers=2)
+    release = threading.Event()
+    try:
+        executor.submit(release.wait, 10)
+        assert threads_start(executor, timeout=0.3) == 2  # returns; the busy thread is still there
+    finally:
+        release.set()
+        executor.shutdown()
+
+
 def test_heap_freeze_keeps_start_up_objects_out_of_collections():
     before = gc.get_freeze_count()
     try:
