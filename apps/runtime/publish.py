@@ -83,9 +83,18 @@ def task_message(name: str, args: tuple, *, queue: str) -> dict:
     }
 
 
-def task_publish(name: str, args: tuple, *, queue: str = "celery") -> None:
-    """Send task `name` with positional `args` (JSON-serialisable) to `queue`; raises if the broker
-    cannot be reached (the caller's event is committed and the sweep will pick it up)."""
+@cache
+def queue_for(name: str) -> str:
+    """The queue Celery sends task `name` to: its ``task_routes`` entry, else the default queue."""
+    queue = current_app.amqp.router.route({}, name).get("queue")
+    return getattr(queue, "name", queue) or current_app.conf.task_default_queue
+
+
+def task_publish(name: str, args: tuple, *, queue: str | None = None) -> None:
+    """Send task `name` with positional `args` (JSON-serialisable) to `queue` (default: where Celery
+    routes it); raises if the broker cannot be reached (the caller's event is committed and the sweep
+    will pick it up)."""
+    queue = queue or queue_for(name)
     client = _redis()
     if client is None:
         current_app.send_task(name, args=args, queue=queue, ignore_result=True)

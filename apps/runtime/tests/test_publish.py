@@ -52,6 +52,27 @@ def test_the_message_is_the_one_celery_itself_publishes(broker):
     assert ours["properties"]["delivery_tag"] != celerys["properties"]["delivery_tag"]
 
 
+def _routes_set(routes) -> None:
+    current_app.conf.task_routes = routes
+    current_app.amqp.flush_routes()
+    current_app.amqp.__dict__.pop("router", None)  # Celery builds its router once per process
+    publish.queue_for.cache_clear()
+
+
+def test_the_wake_up_follows_celerys_task_routes(broker):
+    before = current_app.conf.task_routes
+    _routes_set({"runtime.conversation_process": {"queue": "turns"}})
+    try:
+        conversation_process_task.delay(5)
+        publish.task_publish("runtime.conversation_process", (5,))
+        assert broker.llen("celery") == 0
+        ours, celerys = (json.loads(raw) for raw in broker.lrange("turns", 0, -1))
+        assert _without_ids(ours)["headers"] == _without_ids(celerys)["headers"]
+    finally:
+        _routes_set(before)
+        broker.delete("turns")
+
+
 def test_a_real_worker_runs_the_published_task(broker):
     probe_calls.clear()
     probe_done.clear()
