@@ -253,7 +253,7 @@ def test_when_the_transcript_cannot_be_saved_the_user_is_told_and_the_message_re
         raise RuntimeError("database went away")
 
     with monkeypatch.context() as patch, pytest.raises(RuntimeError):
-        patch.setattr("apps.runtime.pipeline.turn_save", broken_save)
+        patch.setattr("apps.runtime.pipeline.turn.turn_save", broken_save)
         conversation_process(conversation_id=conversation.pk)
 
     assert [e[0] for e in recorder.events(conversation)][-2:] == ["error", "close"]
