@@ -402,7 +402,7 @@ class EventBlockDecoder(SSEDecoder):
                 block = buffer[start:end]
                 start = end + 2
                 if block.startswith(b"data: ") and b"\n" not in block:
-                    yield ServerSentEvent(data=block[6:].decode())
+                    yield ServerSentEvent(data=block[6:].decode(), id=self._last_event_id)
                 else:
                     yield from self._block(block)
             buffer = buffer[start:]

@@ -18,6 +18,7 @@ BODIES = [
     b"data: a\n\ndata: b\r\rdata: c\n\n",
     b"data:nospace\n\ndata: tail\n",
     b"data: end\n\ndata: partial\ndata",
+    b"id: 7\ndata: a\n\ndata: b\n\nid\ndata: c\n\n",  # an event's id carries over to the next ones
 ]
 
 
