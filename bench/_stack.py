@@ -130,11 +130,11 @@ class Memory:
     processes: int
 
 
-def tree_memory(pid: int, pids: list[int] | None = None, *, pss: bool = True) -> Memory:
-    """With ``pss=False`` PSS is reported as 0 (reading it walks the process's page tables)."""
+def tree_memory(pid: int, pids: list[int] | None = None, *, with_pss: bool = True) -> Memory:
+    """With ``with_pss=False`` PSS is reported as 0 (reading it walks the process's page tables)."""
     pids = pids if pids is not None else process_tree(pid)
     rss = sum(_status_kib(p, "VmRSS") for p in pids)
-    pss = sum(_pss_kib(p) for p in pids) if pss else 0
+    pss = sum(_pss_kib(p) for p in pids) if with_pss else 0
     return Memory(rss_mib=rss / 1024, pss_mib=pss / 1024, processes=len(pids))
 
 
@@ -277,7 +277,7 @@ class MemorySampler:
         self._samples += 1
         rss = pss = 0.0
         for proc in self.procs:
-            m = tree_memory(proc.popen.pid, self._trees.get(proc.popen.pid), pss=full)
+            m = tree_memory(proc.popen.pid, self._trees.get(proc.popen.pid), with_pss=full)
             rss += m.rss_mib
             pss += m.pss_mib
             self.peak_by_process[proc.name] = max(self.peak_by_process.get(proc.name, 0.0), m.rss_mib)
