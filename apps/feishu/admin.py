@@ -45,13 +45,16 @@ class OutboundMessageAdmin(TenantScopedAdmin):
     @admin.action(description="Retry failed sends", permissions=["retry"])
     def retry_failed_sends(self, request: HttpRequest, queryset) -> None:
         # Imported on use: the egress layer (lark-oapi client) loads only when someone actually retries.
-        from apps.feishu.outbound import outbound_retry
+        from apps.feishu.outbound import RetryTooLate, outbound_retry
 
-        sent = failed = 0
+        sent = failed = too_late = 0
         # response_action already limited the queryset to tenants this user may write to.
         for outbound in queryset.filter(status=OutboundMessage.Status.FAILED).select_related("bot", "tenant"):
             try:
                 result = outbound_retry(outbound=outbound)
+            except RetryTooLate:
+                too_late += 1
+                continue
             except Exception:
                 logger.exception("admin.outbound_retry.crashed", outbound_id=outbound.pk)
                 result = None
@@ -65,8 +68,16 @@ class OutboundMessageAdmin(TenantScopedAdmin):
                 obj=outbound,
                 changes={"retry": {"old": OutboundMessage.Status.FAILED.value, "new": str(new_status)}},
             )
+        if too_late:
+            self.message_user(
+                request,
+                f"{too_late} send(s) not retried: first tried over an hour ago, when Feishu no longer drops a "
+                "repeated send, so a retry could post the message twice (it may have arrived).",
+                messages.WARNING,
+            )
         if not sent and not failed:
-            self.message_user(request, "No failed sends among the selected messages.", messages.INFO)
+            if not too_late:
+                self.message_user(request, "No failed sends among the selected messages.", messages.INFO)
             return
         level = messages.SUCCESS if not failed else messages.WARNING
         self.message_user(request, f"Retried {sent + failed} send(s): {sent} sent, {failed} still failing.", level)

@@ -4,13 +4,14 @@ The row is keyed by (bot, uuid) where the uuid is derived from what the message 
 - a repeated call (retried task, replayed event) finds the row already sent and sends nothing;
 - a send that reached Feishu but whose answer got lost is deduplicated by Feishu on the same uuid;
 - a failed send stays visible (status, attempts, last error) and `outbound_retry` re-sends it with the
-  same uuid.
+  same uuid, within RETRY_WINDOW of the first attempt: Feishu drops a repeated uuid only for an hour.
 """
 
 from __future__ import annotations
 
 import json
 import uuid as uuid_lib
+from datetime import timedelta
 
 import structlog
 from django.db import IntegrityError, connection, models, transaction
@@ -24,6 +25,13 @@ logger = structlog.get_logger(__name__)
 # Fixed namespace: the same parts give the same uuid in every process, forever.
 _NAMESPACE = uuid_lib.UUID("6f1d3c1e-5b0a-4f57-9a53-0e7f4a1c2b90")
 OPERATIONS = ("reply", "create")
+# Feishu sends at most one message per uuid within an hour of the first. A failed row may have
+# reached Feishu (its answer lost on the way back), so past that hour a retry could post it twice.
+RETRY_WINDOW = timedelta(minutes=55)
+
+
+class RetryTooLate(Exception):  # noqa: N818 - a refusal, not a failure
+    """The send is older than RETRY_WINDOW: Feishu would no longer deduplicate a retry."""
 
 
 def outbound_uuid(*parts: object) -> str:
@@ -160,9 +168,14 @@ def _statements() -> _Statements:
 
 
 def outbound_retry(*, outbound: OutboundMessage) -> OutboundMessage:
-    """Re-send a failed (or stuck pending) message with its original uuid; a sent one is left alone."""
+    """Re-send a failed (or stuck pending) message with its original uuid; a sent one is left alone.
+
+    Raises RetryTooLate for a message first tried more than RETRY_WINDOW ago.
+    """
     if outbound.status == OutboundMessage.Status.SENT:
         return outbound
+    if timezone.now() - outbound.created_at > RETRY_WINDOW:
+        raise RetryTooLate(f"first tried at {outbound.created_at:%Y-%m-%d %H:%M} UTC, over {RETRY_WINDOW} ago")
     return _deliver(outbound, bot=outbound.bot)
 
 

@@ -1,8 +1,6 @@
 """The tenant dashboard, the chat view of a conversation and retrying failed sends, as staff see them."""
 
 import datetime
-import sys
-import types
 
 import pytest
 from django.urls import reverse
@@ -134,14 +132,14 @@ def _fake_outbound_module(monkeypatch, calls: list):
         outbound.save(update_fields=["status"])
         return outbound
 
-    try:
-        import apps.feishu.outbound as module
+    import apps.feishu.outbound as module
 
-        monkeypatch.setattr(module, "outbound_retry", outbound_retry)
-    except ImportError:  # the egress module is being written in parallel
-        module = types.ModuleType("apps.feishu.outbound")
-        module.outbound_retry = outbound_retry
-        monkeypatch.setitem(sys.modules, "apps.feishu.outbound", module)
+    def guarded(*, outbound):  # the real one's age check, then the fake send
+        if timezone.now() - outbound.created_at > module.RETRY_WINDOW:
+            raise module.RetryTooLate()
+        return outbound_retry(outbound=outbound)
+
+    monkeypatch.setattr(module, "outbound_retry", guarded)
 
 
 def test_it_retries_failed_sends_of_the_users_tenants_only(client, personas, activity, monkeypatch):
@@ -167,6 +165,25 @@ def test_it_retries_failed_sends_of_the_users_tenants_only(client, personas, act
     assert (entry.tenant, entry.object_id, entry.changes["retry"]["new"]) == (
         personas.tenant_a, str(activity["send"].pk), "sent",
     )  # fmt: skip
+
+
+def test_it_does_not_retry_a_send_older_than_feishus_dedupe_hour(client, personas, activity, monkeypatch):
+    calls: list[int] = []
+    _fake_outbound_module(monkeypatch, calls)
+    two_hours_ago = timezone.now() - datetime.timedelta(hours=2)
+    OutboundMessage.objects.filter(pk=activity["send"].pk).update(created_at=two_hours_ago)
+    client.force_login(personas.owner_a)
+
+    response = client.post(
+        reverse("admin:feishu_outboundmessage_changelist"),
+        {"action": "retry_failed_sends", "_selected_action": [activity["send"].pk]},
+        follow=True,
+    )
+
+    assert calls == []
+    assert "1 send(s) not retried: first tried over an hour ago" in response.content.decode()
+    assert OutboundMessage.objects.get(pk=activity["send"].pk).status == OutboundMessage.Status.FAILED
+    assert not AuditLog.objects.filter(action=AuditLog.Action.ACTION).exists()
 
 
 def test_it_lists_sends_with_their_delivery_status(client, personas, activity):

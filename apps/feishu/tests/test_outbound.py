@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import threading
+from datetime import timedelta
 
 import pytest
 from django.db import connection
+from django.utils import timezone
 
 from apps.feishu.models import OutboundMessage
-from apps.feishu.outbound import outbound_retry, outbound_send, outbound_uuid
+from apps.feishu.outbound import RetryTooLate, outbound_retry, outbound_send, outbound_uuid
 from tests.factories import ConversationFactory
 
 # Until the root conftest has `pytest_plugins = ["tests.fakes.fixtures"]`, import the fixtures here
@@ -158,6 +160,23 @@ def test_a_send_whose_answer_was_lost_is_retried_without_a_duplicate(feishu_bot,
     assert retried.status == OutboundMessage.Status.SENT
     assert retried.feishu_message_id == message["message_id"]
     assert len(fake_feishu.messages) == 1
+
+
+def test_a_send_older_than_feishus_dedupe_hour_is_not_retried(feishu_bot, fake_feishu, settings):
+    settings.FEISHU_MAX_RETRIES = 0
+    fake_feishu.inject_server_error(times=1, path=REPLY_PATH)
+    row = send_reply(feishu_bot, uuid=outbound_uuid("om_inbound_1", 0))
+    assert row.status == OutboundMessage.Status.FAILED
+    OutboundMessage.objects.filter(pk=row.pk).update(created_at=timezone.now() - timedelta(hours=1))
+    row.refresh_from_db()
+    tried = len(fake_feishu.requests_to(REPLY_PATH))
+
+    with pytest.raises(RetryTooLate):
+        outbound_retry(outbound=row)
+
+    assert len(fake_feishu.requests_to(REPLY_PATH)) == tried
+    row.refresh_from_db()
+    assert row.status == OutboundMessage.Status.FAILED and row.attempts == 1
 
 
 def test_retrying_a_sent_message_does_nothing(feishu_bot, fake_feishu):
