@@ -14,8 +14,9 @@ from django.utils.html import format_html
 from apps.audit.models import AuditLog
 from apps.audit.services import audit_record
 from apps.tenants.admin_dashboard import tenant_dashboard
-from apps.tenants.models import ApiKey, Membership, Tenant, hash_api_key
+from apps.tenants.models import ApiKey, Membership, Role, Tenant, hash_api_key
 from omniagent.admin.access import tenant_access
+from omniagent.admin.forms import owning_tenant_id
 from omniagent.admin.options import TenantScopedAdmin, TenantScopedInline
 
 API_KEY_PREFIX_LENGTH = 8  # same as provisioning, so keys look alike wherever they were made
@@ -27,8 +28,22 @@ def api_key_generate() -> str:
 
 
 class MembershipInline(TenantScopedInline):
+    """Who belongs to the tenant and with which role: changed by its owners (and superusers) only.
+
+    A tenant admin may change everything else of the tenant, but not roles: otherwise an admin could
+    make themselves owner or remove the owners. Admins and viewers see the members read-only.
+    """
+
     model = Membership
     fields = ("user", "role")
+
+    def _can_write(self, request: HttpRequest, obj) -> bool:
+        access = tenant_access(request)
+        if access.is_superuser:
+            return True
+        if obj is None:
+            return Role.OWNER.value in access.roles.values()
+        return access.roles.get(owning_tenant_id(obj)) == Role.OWNER.value
 
 
 @admin.register(Tenant)

@@ -60,6 +60,25 @@ def test_it_shows_the_viewer_members_without_letting_them_change_roles(client, p
     assert victor.role == Role.VIEWER
 
 
+def test_a_tenant_admin_sees_the_members_but_cannot_change_roles(client, personas):
+    admin_a = MembershipFactory(tenant=personas.tenant_a, role=Role.ADMIN, user=UserFactory(username="adam"))
+    client.force_login(admin_a.user)
+    url = reverse("admin:tenants_tenant_change", args=[personas.tenant_a.pk])
+    page = client.get(url).content.decode()
+    assert "alice" in page and "adam" in page
+    assert '<select name="memberships-' not in page
+    data = form_data(page)
+    data.update({"name": "ACME Corp", "memberships-TOTAL_FORMS": "1", "memberships-INITIAL_FORMS": "1"})
+    data.update({"memberships-0-id": admin_a.pk, "memberships-0-role": "owner"})
+
+    assert client.post(url, data).status_code == 302  # the tenant's own fields are still theirs to change
+
+    admin_a.refresh_from_db()
+    assert admin_a.role == Role.ADMIN
+    assert Tenant.objects.get(pk=personas.tenant_a.pk).name == "ACME Corp"
+    assert not AuditLog.objects.filter(object_type="tenants.Membership").exists()
+
+
 def test_it_lets_only_superusers_create_and_delete_tenants(client, personas):
     client.force_login(personas.owner_a)
     assert client.get(reverse("admin:tenants_tenant_add")).status_code == 403
