@@ -13,6 +13,7 @@ from django.contrib.auth import get_user_model
 from django.core.exceptions import ImproperlyConfigured
 from django.db import router, transaction
 from django.db.models import Model, QuerySet, URLField
+from django.db.models.deletion import Collector
 from django.http import Http404, HttpRequest
 
 from apps.audit.models import AuditLog
@@ -238,13 +239,32 @@ class TenantScopedAdmin(_ScopingMixin, admin.ModelAdmin):
 
 
 def _audit_delete(request: HttpRequest, obj: Model, before: dict | None = None) -> None:
+    changes = audit_diff(before if before is not None else audit_snapshot(obj), {})
+    cascade = _cascade_counts(obj)
+    if cascade:
+        changes["deleted with it"] = {"old": cascade, "new": None}
     audit_record(
         tenant=_tenant_for_audit(obj),
         actor=request.user,
         action=AuditLog.Action.DELETE,
         obj=obj,
-        changes=audit_diff(before if before is not None else audit_snapshot(obj), {}),
+        changes=changes,
     )
+
+
+def _cascade_counts(obj: Model) -> dict[str, int]:
+    """What deleting ``obj`` also deletes, per model ("transcripts.Conversation": 12), as Django's
+    delete will: one audit row says what went with it instead of one row per message."""
+    collector = Collector(using=router.db_for_write(type(obj)))
+    collector.collect([obj])
+    counts: dict[str, int] = {}
+    for model, instances in collector.data.items():
+        counts[model._meta.label] = counts.get(model._meta.label, 0) + len(instances)
+    for queryset in collector.fast_deletes:  # cascades Django deletes without loading them
+        label = queryset.model._meta.label
+        counts[label] = counts.get(label, 0) + queryset.count()
+    counts[obj._meta.label] -= 1  # the object itself
+    return {label: n for label, n in sorted(counts.items()) if n}
 
 
 class TenantScopedInline(_ScopingMixin, admin.TabularInline):

@@ -138,4 +138,7 @@ def test_it_lets_an_owner_delete_a_bot_with_history_and_audits_it(client, person
     response = client.post(reverse("admin:bots_bot_delete", args=[bot.pk]), {"post": "yes"})
     assert response.status_code == 302
     assert not Bot.objects.filter(pk=bot.pk).exists()
-    assert AuditLog.objects.get(action=AuditLog.Action.DELETE).object_id == str(bot.pk)
+    entry = AuditLog.objects.get(action=AuditLog.Action.DELETE)
+    assert entry.object_id == str(bot.pk)
+    # What went with it is in the same row.
+    assert entry.changes["deleted with it"]["old"] == {"feishu.OutboundMessage": 1, "transcripts.InboundEvent": 1}
