@@ -196,6 +196,11 @@ def _send(outbound: OutboundMessage, *, bot) -> OutboundMessage:
     client = FeishuClient.for_bot(bot)
     content = outbound.content  # already the JSON string Feishu wants
     log = logger.bind(outbound_id=outbound.pk, uuid=outbound.uuid, bot=bot.app_id, trace_id=outbound.trace_id)
+    if not connection.in_atomic_block:
+        # The attempt is committed: hand the connection back to the pool while Feishu answers
+        # (other threads use it meanwhile; and a turn gives its CPU slot up only without one, see
+        # omniagent.gate). The outcome's UPDATE takes one again.
+        connection.close()
     try:
         if outbound.operation == "reply":
             message_id = client.reply_message(

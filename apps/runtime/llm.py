@@ -27,6 +27,7 @@ import structlog
 from openai._streaming import ServerSentEvent, SSEDecoder
 
 from apps.runtime.errors import LLMTimeout, TurnCancelled, TurnError
+from omniagent.gate import remote_iter, remote_wait
 
 if TYPE_CHECKING:
     from apps.agents.models import Agent
@@ -282,7 +283,8 @@ class LLMSession:
         started: float,
         deadline: float,
     ) -> Completion:
-        response = self._post_stream(kwargs)
+        with remote_wait():  # the request leaves and the answer starts: nothing to compute meanwhile
+            response = self._post_stream(kwargs)
         sock = self.active.attach_response(response.response) if self.active is not None else None
         text = ""
         calls: dict[int, dict[str, Any]] = {}
@@ -391,7 +393,7 @@ class EventBlockDecoder(SSEDecoder):
 
     def iter_bytes(self, iterator: Iterator[bytes]) -> Iterator[ServerSentEvent]:
         buffer = b""
-        chunks = iter(iterator)
+        chunks = remote_iter(iterator)  # each read waits on the model: give the CPU slot up meanwhile
         for chunk in chunks:
             buffer = buffer + chunk if buffer else chunk
             if b"\r" in buffer:  # not the common shape: the SDK's line decoder for the rest

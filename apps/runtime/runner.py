@@ -39,6 +39,7 @@ from apps.runtime.commands import NOTHING_TO_STOP_TEXT, STOPPED_TEXT, stop_comma
 from apps.runtime.pipeline import TurnDone, db_release, message_process, notice_send
 from apps.runtime.watch import ActiveTurn, watchdog
 from apps.transcripts.models import Conversation, Message, Turn
+from omniagent.gate import turn_slot
 
 logger = structlog.get_logger(__name__)
 
@@ -142,7 +143,16 @@ def _busy(*, conversation_id: int) -> None:
 
 
 def conversation_process(*, conversation_id: int) -> None:
-    """Answer the conversation's pending user messages, one turn at a time, in arrival order."""
+    """Answer the conversation's pending user messages, one turn at a time, in arrival order.
+
+    Holds one of the process's turn slots while it computes (omniagent.gate): in a burst, turns are
+    served first come, first served instead of all at once.
+    """
+    with turn_slot():
+        _conversation_process(conversation_id=conversation_id)
+
+
+def _conversation_process(*, conversation_id: int) -> None:
     token = uuid.uuid4().hex
     message: Message | int | None = None
     if store.fast():

@@ -51,6 +51,7 @@ from apps.feishu.client.errors import (
 )
 from apps.feishu.client.http import NotSent, pool_for
 from apps.feishu.ratelimit import rate_limiter
+from omniagent.gate import remote_wait
 
 logger = structlog.get_logger("apps.feishu.client")
 # structlog's stdlib logger runs its processors before the level check; ok-lines are skipped up front
@@ -225,7 +226,8 @@ class FeishuTransport:
         attempt = 0
         while True:
             attempt += 1
-            rate_limiter().acquire(self.app_id)
+            with remote_wait():
+                rate_limiter().acquire(self.app_id)
             started = time.monotonic()
             reset: float | None = None
             token = ""
@@ -302,7 +304,8 @@ class FeishuTransport:
                 http_status=error.http_status, log_id=error.log_id, attempt=attempt, sleep_s=round(delay, 3),
                 ratelimit_reset=reset,
             )  # fmt: skip
-            time.sleep(delay)
+            with remote_wait():
+                time.sleep(delay)
 
     def _tenant_token(self) -> str:
         """The cached tenant token, fetched by lark-oapi's TokenManager (into the shared cache) on a miss."""
@@ -337,9 +340,10 @@ class FeishuTransport:
             target, method, headers, data = self._lark_shaped(request, multipart=multipart, user=user_access_token)
             token = (headers.get(AUTHORIZATION) or "").removeprefix("Bearer ")
         timeout = settings.FEISHU_HTTP_TIMEOUT
-        raw = pool_for(self.base_url).request(
-            method, target, headers=headers, body=data, timeout=(min(timeout, 5), timeout)
-        )
+        with remote_wait():
+            raw = pool_for(self.base_url).request(
+                method, target, headers=headers, body=data, timeout=(min(timeout, 5), timeout)
+            )
         body = None
         if (raw.headers.get("content-type") or "").startswith("application/json"):
             try:

@@ -48,7 +48,10 @@ def test_three_quick_messages_are_answered_in_order_each_once(fake_llm, recorder
     assert fake_llm.max_in_flight == 1
 
 
-def test_conversations_run_concurrently(fake_llm, recorder, make_conversation):
+@pytest.mark.parametrize("slots", [1, 8, 0])
+def test_conversations_run_concurrently(fake_llm, recorder, make_conversation, settings, slots):
+    # One turn slot (omniagent.gate) is enough: a turn waiting on the model gives it up.
+    settings.TURN_ACTIVE_SLOTS = slots
     fake_llm.default = Reply(text="done", first_token_delay=1.5)
     conversations = [make_conversation() for _ in range(3)]
 

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from omniagent.gate import remote_wait
+
 if TYPE_CHECKING:
     from apps.agents.models import Agent
     from apps.tenants.models import Tenant
@@ -127,7 +129,8 @@ def tool_run(*, name: str, arguments_json: str, ctx: ToolContext, allowed: list[
     except ValueError:
         return fail("参数格式错误")
     try:
-        value = found.func(ctx, **arguments)
+        with remote_wait():  # tools wait on remote services (Feishu, MCP): not on the CPU slot
+            value = found.func(ctx, **arguments)
     except ToolError as exc:
         logger.info("tool.failed", tool=name, detail=exc.detail, code=exc.code)
         return fail(exc.detail, exc.code)

@@ -1,0 +1,137 @@
+"""How many turn threads of this process compute at once (``TURN_ACTIVE_SLOTS``); the rest queue in order.
+
+A threads worker runs hundreds of turns, which mostly wait on the LLM. When a burst of messages
+arrives they all want the CPU at once, and under one GIL every thread then gets a slice of every
+turn: each turn's LLM request leaves late (processor sharing: everyone finishes near the end), the
+answers come back bunched and queue for the CPU again, the GIL's hand-offs between a hundred
+runnable threads cost CPU of their own, and Celery's consumer thread, one among them, picks up the
+next wake-up late. With the gate a few threads compute at a time and the others wait; a thread
+gives its slot back whenever it waits on something remote (the LLM, a Feishu call, a tool) and asks
+again when the answer is in. A free slot goes to the waiting turn that started first, so turns are
+served in arrival order: in a burst the first LLM request leaves after one turn's worth of CPU, not
+after all of them, and a turn coming back from the LLM goes ahead of turns that started after it.
+
+No deadlock: a thread gives its slot up only while it holds no database connection (and a thread
+starts queueing for a slot holding none). So every connection holder either has a slot or is
+not gated at all, and a slot holder waiting for a connection always waits on someone who can go on.
+
+The threads outside turns (Celery's consumer, the watchdog, /stop handling on the control queue)
+never queue here. ``TURN_ACTIVE_SLOTS=0`` turns the gate off.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from django.conf import settings
+from django.db import DEFAULT_DB_ALIAS, connections
+
+
+class Slots:
+    """``size`` slots; a released slot is handed straight to the waiter with the lowest ticket."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._free = size
+        self._lock = threading.Lock()
+        self._waiting: list[tuple[int, threading.Lock]] = []  # heap of (ticket, a lock its waiter blocks on)
+
+    def acquire(self, ticket: int) -> None:
+        with self._lock:
+            if self._free:
+                self._free -= 1
+                return
+            handed = threading.Lock()
+            handed.acquire()
+            heapq.heappush(self._waiting, (ticket, handed))
+        handed.acquire()  # released by the release() that hands this waiter the slot
+
+    def release(self) -> None:
+        with self._lock:
+            if self._waiting:
+                heapq.heappop(self._waiting)[1].release()
+            else:
+                self._free += 1
+
+
+_local = threading.local()
+_tickets = itertools.count()
+_lock = threading.Lock()
+_slots: Slots | None = None
+_size = -1
+
+
+def _process_slots() -> Slots | None:
+    global _slots, _size
+    size = settings.TURN_ACTIVE_SLOTS
+    if size != _size:  # first use, or a test changed the setting
+        with _lock:
+            if size != _size:
+                _slots, _size = (Slots(size) if size > 0 else None), size
+    return _slots
+
+
+def _holds_connection() -> bool:
+    return connections[DEFAULT_DB_ALIAS].connection is not None
+
+
+def holding() -> bool:
+    """Whether this thread holds a slot now."""
+    return getattr(_local, "slots", None) is not None
+
+
+@contextmanager
+def turn_slot() -> Iterator[None]:
+    """Hold a slot for the block (a turn runner's work), queueing by when the block started.
+
+    Nested use is a no-op.
+    """
+    slots = _process_slots()
+    if slots is None or holding() or _holds_connection():
+        yield
+        return
+    _local.ticket = next(_tickets)
+    slots.acquire(_local.ticket)
+    _local.slots = slots
+    try:
+        yield
+    finally:
+        if _local.slots is not None:
+            _local.slots.release()
+        _local.slots = None
+
+
+@contextmanager
+def remote_wait() -> Iterator[None]:
+    """Give this thread's slot up while the block waits on a remote service, then wait for one again
+    (ahead of every turn that started later).
+
+    Kept (no-op) when the thread holds no slot or holds a database connection (see the module docstring).
+    """
+    slots = getattr(_local, "slots", None)
+    if slots is None or _holds_connection():
+        yield
+        return
+    slots.release()
+    _local.slots = None
+    try:
+        yield
+    finally:
+        slots.acquire(_local.ticket)
+        _local.slots = slots
+
+
+def remote_iter(iterator: Iterator) -> Iterator:
+    """``iterator``'s items, each ``next()`` (a network read) run under remote_wait."""
+    items = iter(iterator)
+    while True:
+        with remote_wait():
+            try:
+                item = next(items)
+            except StopIteration:
+                return
+        yield item

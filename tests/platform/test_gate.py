@@ -1,0 +1,147 @@
+"""The turn gate (omniagent.gate): a few turn threads compute at once, served in arrival order."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from django.db import connection
+
+from omniagent import gate
+from omniagent.gate import Slots, remote_wait, turn_slot
+
+
+def _wait_for(check, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
+def test_a_released_slot_goes_to_the_waiter_with_the_lowest_ticket():
+    slots = Slots(1)
+    slots.acquire(0)
+    order: list[int] = []
+    threads = []
+    for ticket in (5, 2, 9, 1):  # queue up in this order; they must be served by ticket
+        t = threading.Thread(target=lambda n=ticket: (slots.acquire(n), order.append(n), slots.release()))
+        t.start()
+        threads.append(t)
+        queued = len(threads)
+        _wait_for(lambda k=queued: len(slots._waiting) == k)
+    slots.release()
+    for t in threads:
+        t.join(5)
+    assert order == [1, 2, 5, 9]
+
+
+def test_turn_slots_bound_how_many_turns_compute_at_once(settings):
+    settings.TURN_ACTIVE_SLOTS = 2
+    inside = peak = 0
+    lock = threading.Lock()
+
+    def turn() -> None:
+        nonlocal inside, peak
+        with turn_slot():
+            with lock:
+                inside += 1
+                peak = max(peak, inside)
+            time.sleep(0.02)
+            with lock:
+                inside -= 1
+
+    threads = [threading.Thread(target=turn) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(5)
+    assert peak == 2
+
+
+def test_a_turn_waiting_on_a_remote_service_lets_another_turn_in(settings):
+    settings.TURN_ACTIVE_SLOTS = 1
+    remote_started, second_ran, finish_remote = threading.Event(), threading.Event(), threading.Event()
+
+    def first() -> None:
+        with turn_slot(), remote_wait():
+            remote_started.set()
+            finish_remote.wait(5)
+
+    def second() -> None:
+        with turn_slot():
+            second_ran.set()
+
+    a = threading.Thread(target=first)
+    a.start()
+    assert remote_started.wait(5)
+    b = threading.Thread(target=second)
+    b.start()
+    assert second_ran.wait(5), "the only slot stayed with a thread that was waiting on the network"
+    finish_remote.set()
+    a.join(5)
+    b.join(5)
+
+
+def test_a_turn_coming_back_from_the_llm_goes_ahead_of_turns_that_started_later(settings):
+    settings.TURN_ACTIVE_SLOTS = 1
+    order: list[str] = []
+    in_remote, back = threading.Event(), threading.Event()
+
+    def old_turn() -> None:
+        with turn_slot():
+            with remote_wait():
+                in_remote.set()
+                back.wait(5)
+            order.append("old turn resumed")
+
+    def new_turn(name: str) -> None:
+        with turn_slot():
+            order.append(name)
+
+    holder_ready, holder_go = threading.Event(), threading.Event()
+
+    def holder() -> None:  # keeps the slot busy while the others queue
+        with turn_slot():
+            holder_ready.set()
+            holder_go.wait(5)
+
+    old = threading.Thread(target=old_turn)
+    old.start()
+    assert in_remote.wait(5)
+    h = threading.Thread(target=holder)
+    h.start()
+    assert holder_ready.wait(5)
+    newer = [threading.Thread(target=new_turn, args=(f"new turn {i}",)) for i in range(3)]
+    for i, t in enumerate(newer):
+        t.start()
+        _wait_for(lambda k=i + 1: len(gate._slots._waiting) == k)
+    back.set()  # the old turn's answer is in: it queues behind the three new turns...
+    _wait_for(lambda: len(gate._slots._waiting) == 4)
+    holder_go.set()  # ...and is served first
+    for t in [old, h, *newer]:
+        t.join(5)
+    assert order == ["old turn resumed", "new turn 0", "new turn 1", "new turn 2"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_turn_holding_a_database_connection_keeps_its_slot(settings):
+    """A connection holder never waits for a slot: a slot holder waiting on the pool can then always
+    count on the connection coming back (no deadlock)."""
+    settings.TURN_ACTIVE_SLOTS = 1
+    connection.close()
+    with turn_slot():
+        connection.ensure_connection()
+        with remote_wait():
+            assert gate.holding()
+        connection.close()
+        with remote_wait():
+            assert not gate.holding()
+        assert gate.holding()
+    assert not gate.holding()
+
+
+def test_no_gate_when_the_setting_is_zero(settings):
+    settings.TURN_ACTIVE_SLOTS = 0
+    with turn_slot():
+        assert not gate.holding()
