@@ -100,7 +100,9 @@ class IngestEventHandler:
 
 
 def _tracked_client_class():
-    import lark_oapi as lark
+    from apps.feishu.client.lark_light import lark_full
+
+    lark = lark_full()
 
     from apps.bots.models import Bot
 
@@ -137,7 +139,9 @@ def _tracked_client_class():
 
 def bot_connection_run(*, bot_id: int, last_frame, ping_interval) -> None:
     """Hold one bot's long connection until the process is terminated."""
-    import lark_oapi as lark
+    from apps.feishu.client.lark_light import lark_full
+
+    lark = lark_full()
 
     from apps.bots.models import Bot
 

@@ -13,8 +13,12 @@ on 99991661/99991663/99991664/99991668, no retry on permanent errors, and one st
 outcome carrying Feishu's log id.
 """
 
-from apps.feishu.client.api import FeishuClient
-from apps.feishu.client.errors import (
+from apps.feishu.client.lark_light import lark_light
+
+lark_light()  # before the first lark_oapi import below: see that module
+
+from apps.feishu.client.api import FeishuClient  # noqa: E402
+from apps.feishu.client.errors import (  # noqa: E402
     BAD_RESPONSE,
     CARD_SEQUENCE_CONFLICT,
     CHAT_RATE_LIMITED,
@@ -24,7 +28,7 @@ from apps.feishu.client.errors import (
     TOKEN_ERRORS,
     FeishuError,
 )
-from apps.feishu.client.transport import DjangoTokenCache, FeishuResponse, token_cache
+from apps.feishu.client.transport import DjangoTokenCache, FeishuResponse, token_cache  # noqa: E402
 
 __all__ = [
     "BAD_RESPONSE",

@@ -21,18 +21,18 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import lark_oapi as lark
 import requests
 import structlog
 from django.conf import settings
 from django.core.cache import cache
 from lark_oapi.core.cache import ICache
 from lark_oapi.core.const import AUTHORIZATION, CONTENT_TYPE
-from lark_oapi.core.enum import AccessTokenType
+from lark_oapi.core.enum import AccessTokenType, LogLevel
 from lark_oapi.core.exception import NoAuthorizationException, ObtainAccessTokenException
 from lark_oapi.core.http.transport import _build_header
 from lark_oapi.core.json import JSON
-from lark_oapi.core.model import BaseRequest, RequestOption
+from lark_oapi.core.log import logger as lark_logger
+from lark_oapi.core.model import BaseRequest, Config, RequestOption
 from lark_oapi.core.token import TokenManager, verify
 from lark_oapi.core.utils import Files
 from lark_oapi.core.utils.user_agent import build_user_agent
@@ -191,18 +191,17 @@ class FeishuTransport:
         self.app_id = app_id
         self.base_url = base_url.rstrip("/")
         self.name = name or app_id
-        self.lark = (
-            lark.Client.builder()
-            .app_id(app_id)
-            .app_secret(app_secret)
-            .domain(self.base_url)
-            .cache(token_cache)
-            .enable_set_token(True)  # lets callers pass a user_access_token for user-identity calls
-            .timeout(settings.FEISHU_HTTP_TIMEOUT)
-            .log_level(lark.LogLevel.WARNING)
-            .build()
-        )
-        self._config = self.lark.config
+        # What lark.Client.builder()...build() would set up, without the Client: it imports every
+        # Open API service (see apps.feishu.client.lark_light); only its config is used here.
+        config = Config()
+        config.app_id, config.app_secret, config.domain = app_id, app_secret, self.base_url
+        config.cache = token_cache
+        config.enable_set_token = True  # lets callers pass a user_access_token for user-identity calls
+        config.timeout = settings.FEISHU_HTTP_TIMEOUT
+        config.log_level = LogLevel.WARNING
+        TokenManager.cache = token_cache  # the builder's _init_cache: a class-wide setting
+        lark_logger.setLevel(int(LogLevel.WARNING.value))
+        self._config = config
 
     # --- the engine -------------------------------------------------------------------------------
 
