@@ -16,7 +16,10 @@ starts queueing for a slot holding none). So every connection holder either has 
 not gated at all, and a slot holder waiting for a connection always waits on someone who can go on.
 
 The threads outside turns (Celery's consumer, the watchdog, /stop handling on the control queue)
-never queue here. ``TURN_ACTIVE_SLOTS=0`` turns the gate off.
+never queue here. ``TURN_ACTIVE_SLOTS=0`` turns the gate off. The default, 4 per process, did as well
+as 3 and better than 8 or 16 in the 200-conversation benchmark (two worker processes on 2 cores;
+bench/RESULTS.md). Waits on remote services do not count against it, so slow real services need no
+more slots.
 """
 
 from __future__ import annotations

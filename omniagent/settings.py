@@ -222,7 +222,7 @@ TURN_LEASE_SECONDS = env_int("TURN_LEASE_SECONDS", 90, minimum=10)  # renewed ev
 INPROCESS_SWEEP = env_bool("OMNIAGENT_INPROCESS_SWEEP", default=TASK_RUNNER == "inprocess")
 INPROCESS_TURN_THREADS = env_int("INPROCESS_TURN_THREADS", 32, minimum=1)
 # Turn threads of one process computing at once; the others queue in order (omniagent.gate). 0: no limit.
-TURN_ACTIVE_SLOTS = env_int("TURN_ACTIVE_SLOTS", 8, minimum=0)
+TURN_ACTIVE_SLOTS = env_int("TURN_ACTIVE_SLOTS", 4, minimum=0)
 
 # --- logging ----------------------------------------------------------------------------------
 from omniagent.logging import configure_logging  # noqa: E402
