@@ -10,6 +10,8 @@ gives its slot back whenever it waits on something remote (the LLM, a Feishu cal
 again when the answer is in. A free slot goes to the waiting turn that started first, so turns are
 served in arrival order: in a burst the first LLM request leaves after one turn's worth of CPU, not
 after all of them, and a turn coming back from the LLM goes ahead of turns that started after it.
+Once a turn's answer is out (``answered()``), its remaining bookkeeping goes behind every turn
+that is still answering.
 
 No deadlock: a thread gives its slot up only while it holds no database connection (and a thread
 starts queueing for a slot holding none). So every connection holder either has a slot or is
@@ -63,6 +65,9 @@ class Slots:
 
 _local = threading.local()
 _tickets = itertools.count()
+# Added to a turn's ticket once its answer is out (answered()): what is left (closing the outbound
+# record, removing the reaction, releasing the conversation) waits behind every turn still answering.
+_AFTER_ANSWER = 1 << 62
 _lock = threading.Lock()
 _slots: Slots | None = None
 _size = -1
@@ -97,7 +102,7 @@ def turn_slot() -> Iterator[None]:
     if slots is None or holding() or _holds_connection():
         yield
         return
-    _local.ticket = next(_tickets)
+    _local.ticket = _local.started = next(_tickets)
     slots.acquire(_local.ticket)
     _local.slots = slots
     try:
@@ -126,6 +131,18 @@ def remote_wait() -> Iterator[None]:
     finally:
         slots.acquire(_local.ticket)
         _local.slots = slots
+
+
+def answering() -> None:
+    """This thread starts on an answer (again): it queues by when its turn runner started."""
+    if holding():
+        _local.ticket = _local.started
+
+
+def answered() -> None:
+    """This thread's answer is delivered: its further waits for a slot go behind turns still answering."""
+    if holding():
+        _local.ticket = _local.started + _AFTER_ANSWER
 
 
 def remote_iter(iterator: Iterator) -> Iterator:

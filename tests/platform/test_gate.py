@@ -145,3 +145,44 @@ def test_no_gate_when_the_setting_is_zero(settings):
     settings.TURN_ACTIVE_SLOTS = 0
     with turn_slot():
         assert not gate.holding()
+
+
+def test_a_turn_whose_answer_is_out_waits_behind_turns_still_answering(settings):
+    settings.TURN_ACTIVE_SLOTS = 1
+    order: list[str] = []
+    in_remote, back = threading.Event(), threading.Event()
+
+    def answered_turn() -> None:  # started first, answered, now removing its reaction
+        with turn_slot():
+            gate.answered()
+            with remote_wait():
+                in_remote.set()
+                back.wait(5)
+            order.append("bookkeeping of the answered turn")
+
+    def answering_turn() -> None:
+        with turn_slot():
+            order.append("a later turn's answer")
+
+    holder_ready, holder_go = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with turn_slot():
+            holder_ready.set()
+            holder_go.wait(5)
+
+    first = threading.Thread(target=answered_turn)
+    first.start()
+    assert in_remote.wait(5)
+    h = threading.Thread(target=holder)
+    h.start()
+    assert holder_ready.wait(5)
+    back.set()
+    _wait_for(lambda: len(gate._slots._waiting) == 1)
+    later = threading.Thread(target=answering_turn)
+    later.start()
+    _wait_for(lambda: len(gate._slots._waiting) == 2)
+    holder_go.set()
+    for t in (first, h, later):
+        t.join(5)
+    assert order == ["a later turn's answer", "bookkeeping of the answered turn"]

@@ -22,6 +22,7 @@ from apps.runtime.pipeline.save import rounds_after, turn_memory_compact, turn_s
 from apps.runtime.responders.base import ResponderContext, responder_for
 from apps.runtime.tools import ToolContext, tools_for_agent
 from apps.transcripts.models import Conversation, Message, Turn
+from omniagent import gate
 
 if TYPE_CHECKING:
     from apps.runtime.watch import ActiveTurn
@@ -95,6 +96,7 @@ def command_answer(*, message: Message, name: str, trace_id: str) -> None:
 def turn_run(*, message: Message, active: ActiveTurn, trace_id: str, defer_timings: bool = False) -> TurnDone:
     clock = Stopwatch()
     started = time.monotonic()
+    gate.answering()
     conversation = message.conversation
     state = TurnState()
     responder: GuardedResponder | None = None
@@ -228,6 +230,7 @@ def turn_run(*, message: Message, active: ActiveTurn, trace_id: str, defer_timin
             responder.on_cancelled()
         else:
             responder.on_error(error.code, error.user_text)
+        gate.answered()  # removing the reaction and the rest wait behind turns still answering
         responder.close()
     duration_ms = int((time.monotonic() - started) * 1000)
     if outcome == Turn.Status.SUCCEEDED and state.llm is not None:
