@@ -7,8 +7,18 @@ import sys
 
 import structlog
 
-SECRET_KEYS = {"app_secret", "api_key", "encrypt_key", "verification_token", "access_token", "refresh_token",
-               "password", "authorization", "secret", "key"}
+SECRET_KEYS = {
+    "app_secret",
+    "api_key",
+    "encrypt_key",
+    "verification_token",
+    "access_token",
+    "refresh_token",
+    "password",
+    "authorization",
+    "secret",
+    "key",
+}
 
 
 def _drop_secrets(_logger, _name, event_dict):

@@ -15,8 +15,14 @@ def test_it_stores_no_plaintext_secret_in_bot_agent_and_oauth_rows(db):
     AgentFactory(tenant=bot.tenant)
     OAuthTokenFactory(bot=bot)
     raw = _raw_rows("bots_bot") + _raw_rows("agents_agent") + _raw_rows("oauth_oauthtoken")
-    for secret in ("app-secret-plaintext", "verification-token-plaintext", "encrypt-key-plaintext",
-                   "sk-test-agent-key", "u-access-token-plaintext", "u-refresh-token-plaintext"):
+    for secret in (
+        "app-secret-plaintext",
+        "verification-token-plaintext",
+        "encrypt-key-plaintext",
+        "sk-test-agent-key",
+        "u-access-token-plaintext",
+        "u-refresh-token-plaintext",
+    ):
         assert secret not in raw
     bot.refresh_from_db()
     assert bot.app_secret == "app-secret-plaintext"

@@ -29,4 +29,3 @@ def ws(agent_id: int | str, cookie: str | None = None) -> WebsocketCommunicator:
 @pytest.fixture
 def login() -> Callable[[object], str]:
     return session_cookie
-
