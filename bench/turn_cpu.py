@@ -3,6 +3,7 @@
     .venv/bin/python -m bench.turn_cpu                          # 200 conversations, 30 threads
     .venv/bin/python -m bench.turn_cpu --threads 50 --origin null   # without the Feishu responder
     .venv/bin/python -m bench.turn_cpu --profile 40             # + cProfile of 40 turns run one by one
+                                                                # (also saved to bench/out/turn_cpu.prof)
     .venv/bin/python -m bench.turn_cpu --show-queries           # the SQL of one turn
 
 What a Celery worker thread does for one conversation, without Celery or the web process: N
@@ -357,6 +358,7 @@ def main() -> None:
             _check(ids)
             stream = io.StringIO()
             stats = pstats.Stats(profiler, stream=stream)
+            stats.dump_stats(OUT / "turn_cpu.prof")  # for pstats / snakeviz
             stats.sort_stats("cumulative").print_stats(60)
             stats.sort_stats("tottime").print_stats(40)
             profile_text = stream.getvalue()

@@ -11,7 +11,8 @@ again when the answer is in. A free slot goes to the waiting turn that started f
 served in arrival order: in a burst the first LLM request leaves after one turn's worth of CPU, not
 after all of them, and a turn coming back from the LLM goes ahead of turns that started after it.
 Once a turn's answer is out (``answered()``), its remaining bookkeeping goes behind every turn
-that is still answering.
+that is still answering. Side calls a turn does not wait for (``aside()``: the processing reaction)
+run in a small pool of their own, behind every answering turn but ahead of that bookkeeping.
 
 No deadlock: a thread gives its slot up only while it holds no database connection (and a thread
 starts queueing for a slot holding none). So every connection holder either has a slot or is
@@ -26,10 +27,12 @@ more slots.
 
 from __future__ import annotations
 
+import contextvars
 import heapq
 import itertools
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 
 from django.conf import settings
@@ -68,6 +71,12 @@ _tickets = itertools.count()
 # Added to a turn's ticket once its answer is out (answered()): what is left (closing the outbound
 # record, removing the reaction, releasing the conversation) waits behind every turn still answering.
 _AFTER_ANSWER = 1 << 62
+# Added to the ticket of a side call (aside()): behind every answering turn, ahead of bookkeeping.
+_ASIDE = 1 << 61
+# Threads for side calls. Each mostly waits on the network (a Feishu round trip is 50-150 ms), so
+# 16 keep up with Feishu's per-app quota (~50 calls/s) without holding a slot while they wait.
+ASIDE_THREADS = 16
+_aside_pool: ThreadPoolExecutor | None = None
 _lock = threading.Lock()
 _slots: Slots | None = None
 _size = -1
@@ -143,6 +152,42 @@ def answered() -> None:
     """This thread's answer is delivered: its further waits for a slot go behind turns still answering."""
     if holding():
         _local.ticket = _local.started + _AFTER_ANSWER
+
+
+def aside(call: Callable[[], object]) -> Future:
+    """Run ``call`` in a side thread while this turn goes on (it must not need the database).
+
+    For calls the turn does not wait for before going on: the processing reaction is sent while the
+    LLM request leaves instead of a Feishu round trip before it. Under load it queues for a slot
+    behind every turn still answering, so it never delays an answer; the caller's context variables
+    (trace id, turn id in the logs) go with it. The caller may ``cancel()`` the future if the
+    call has become pointless before it started.
+    """
+    global _aside_pool
+    ticket = (getattr(_local, "started", 0) if holding() else next(_tickets)) + _ASIDE
+    if _aside_pool is None:
+        with _lock:
+            if _aside_pool is None:
+                _aside_pool = ThreadPoolExecutor(max_workers=ASIDE_THREADS, thread_name_prefix="aside")
+    return _aside_pool.submit(contextvars.copy_context().run, _aside_run, call, ticket)
+
+
+def _aside_run(call: Callable[[], object], ticket: int) -> object:
+    slots = _process_slots()
+    try:
+        if slots is None:
+            return call()
+        _local.ticket = _local.started = ticket
+        slots.acquire(ticket)
+        _local.slots = slots
+        try:
+            return call()
+        finally:
+            if _local.slots is not None:
+                _local.slots.release()
+            _local.slots = None
+    finally:
+        connections.close_all()  # a side call is not meant to open one; if it did, it is not kept
 
 
 def remote_iter(iterator: Iterator) -> Iterator:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import threading
 import time
 
@@ -186,3 +187,57 @@ def test_a_turn_whose_answer_is_out_waits_behind_turns_still_answering(settings)
     for t in (first, h, later):
         t.join(5)
     assert order == ["a later turn's answer", "bookkeeping of the answered turn"]
+
+
+def test_a_side_call_carries_the_callers_context_and_runs_beside_it(settings):
+    settings.TURN_ACTIVE_SLOTS = 2
+    trace = contextvars.ContextVar("trace", default="")
+    trace.set("trace-1")
+    seen: list[tuple[str, bool, str]] = []
+    with turn_slot():
+        done = gate.aside(lambda: seen.append((trace.get(), gate.holding(), threading.current_thread().name)))
+        done.result(5)
+    assert seen == [("trace-1", True, seen[0][2])] and seen[0][2].startswith("aside")
+
+
+def test_a_side_call_waits_behind_answering_turns_and_ahead_of_answered_bookkeeping(settings):
+    settings.TURN_ACTIVE_SLOTS = 1
+    order: list[str] = []
+    in_remote, back = threading.Event(), threading.Event()
+    holder_ready, holder_go = threading.Event(), threading.Event()
+
+    def answered_turn() -> None:
+        with turn_slot():
+            gate.answered()
+            with remote_wait():
+                in_remote.set()
+                back.wait(5)
+            order.append("bookkeeping of an answered turn")
+
+    def holder() -> None:
+        with turn_slot():
+            holder_ready.set()
+            holder_go.wait(5)
+
+    def later_turn() -> None:
+        with turn_slot():
+            order.append("a later turn's answer")
+
+    first = threading.Thread(target=answered_turn)
+    first.start()
+    assert in_remote.wait(5)
+    h = threading.Thread(target=holder)
+    h.start()
+    assert holder_ready.wait(5)
+    back.set()
+    _wait_for(lambda: len(gate._slots._waiting) == 1)
+    side = gate.aside(lambda: order.append("side call"))
+    _wait_for(lambda: len(gate._slots._waiting) == 2)
+    later = threading.Thread(target=later_turn)
+    later.start()
+    _wait_for(lambda: len(gate._slots._waiting) == 3)
+    holder_go.set()
+    for t in (first, h, later):
+        t.join(5)
+    side.result(5)
+    assert order == ["a later turn's answer", "side call", "bookkeeping of an answered turn"]

@@ -1,6 +1,8 @@
 """Feishu responder: a reaction while working, the answer streamed into a CardKit card.
 
-- on_start: an ``OnIt`` reaction on the user's message (removed in close()).
+- on_start: an ``OnIt`` reaction on the user's message, sent beside the turn (``gate.aside``) so the
+  LLM request does not wait a Feishu round trip for it; removed in close(). An answer delivered
+  before the reaction call even started (a burst, a very fast model) gets none: nothing to show.
 - First text (after OPEN_DELAY_SECONDS; a tool call at once): a CardKit card (JSON 2.0,
   streaming_mode, one markdown element, 👍/👎 buttons carrying the assistant Message id) is created
   and sent as a reply whose uuid is derived from the inbound message id, so a retried turn cannot
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +34,7 @@ from apps.feishu.client import FeishuClient, FeishuError
 from apps.feishu.outbound import outbound_send, outbound_uuid
 from apps.runtime.responders.base import Responder, ResponderContext, register_responder
 from apps.transcripts.models import Origin
+from omniagent import gate
 
 logger = structlog.get_logger(__name__)
 
@@ -174,7 +178,7 @@ class FeishuResponder(Responder):
         conversation = ctx.conversation
         self.bot = conversation.bot
         self.reply_to_id = ctx.reply_to.external_id if ctx.reply_to is not None else ""
-        self.reaction_id = ""
+        self.reaction: Future | None = None  # the reaction call, running beside the turn
         self.card: _Card | None = None
         self.cards_shown = 0  # cards delivered to the chat (each holds one finished or live part)
         self.cardkit_failed = False
@@ -424,12 +428,9 @@ class FeishuResponder(Responder):
 
     # -- events ----------------------------------------------------------------------------
     def on_start(self) -> None:
-        if not self.usable or not self.reply_to_id:
-            return
-        try:
-            self.reaction_id = self.client.reaction_add(message_id=self.reply_to_id, emoji_type=REACTION)
-        except FeishuError as exc:
-            logger.info("feishu.reaction_failed", code=exc.code)
+        if self.usable and self.reply_to_id:
+            client = self.client  # built here: the side thread only makes the call
+            self.reaction = gate.aside(lambda: _reaction_add(client, self.reply_to_id))
 
     def on_text_delta(self, text_so_far: str) -> None:
         self.latest = text_so_far
@@ -475,14 +476,32 @@ class FeishuResponder(Responder):
             self._plain(text, first_part="notice")  # post/md: command help uses markdown
 
     def close(self) -> None:
+        reaction_id = self._reaction_settle()
         held_back = self.card is None and self.cards_shown == 0 and not self._nothing_shown()
         if held_back and not self.finished:  # text waiting for its card, and no final event came
             self._finish(self.latest)
         if self.card is not None and not self.card.closed:
             self._close()
-        if self.reaction_id:
+        if reaction_id:
             try:
-                self.client.reaction_remove(message_id=self.reply_to_id, reaction_id=self.reaction_id)
+                self.client.reaction_remove(message_id=self.reply_to_id, reaction_id=reaction_id)
             except FeishuError as exc:
                 logger.info("feishu.reaction_remove_failed", code=exc.code)
-            self.reaction_id = ""
+
+    def _reaction_settle(self) -> str:
+        """The reaction's id once its call is done; "" if there is none to remove (it had not started:
+        it is dropped, or it failed). Waits without a slot: the side call may need one to finish."""
+        reaction, self.reaction = self.reaction, None
+        if reaction is None or reaction.cancel():
+            return ""
+        with gate.remote_wait():
+            return reaction.result()
+
+
+def _reaction_add(client: FeishuClient, message_id: str) -> str:
+    """The processing reaction's id ("" if Feishu refused it: the answer goes on without it)."""
+    try:
+        return client.reaction_add(message_id=message_id, emoji_type=REACTION)
+    except FeishuError as exc:
+        logger.info("feishu.reaction_failed", code=exc.code)
+        return ""

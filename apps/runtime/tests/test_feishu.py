@@ -7,6 +7,7 @@ Feishu Open API.
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -161,6 +162,22 @@ def test_a_long_answer_is_split_across_cards(fake_llm, fake_feishu, feishu_conve
     assert [p for part in parts for p in part.split("\n\n") if p] == paragraphs  # nothing lost, nothing twice
     assert len({r["uuid"] for r in replies}) == len(replies)
     assert not any(fake_feishu.card(r["card_id"])["streaming_mode"] for r in replies)
+
+
+def test_the_llm_request_does_not_wait_for_the_processing_reaction(fake_llm, fake_feishu, feishu_conversation):  # noqa: F811
+    fake_feishu.inject_slow_answer(0.5, path=r"/reactions$")  # a slow Feishu round trip
+    fake_llm.script(Reply(text="答复" * 20, token_delay=0.1, chunk_chars=8))  # ~0.5 s of streaming
+    feishu_post(feishu_conversation, "hi")
+    started = time.time()
+
+    conversation_process(conversation_id=feishu_conversation.pk)
+
+    (request,) = fake_llm.chat_requests()
+    assert request.at - started < 0.4  # it left while the reaction call was still on its way
+    (reaction,) = fake_feishu.reactions.values()
+    assert reaction["emoji_type"] == "OnIt" and reaction["deleted"]  # still shown, and removed after it
+    (reply,) = cards(fake_feishu)
+    assert card_text(fake_feishu, reply) == "答复" * 20
 
 
 def test_an_llm_timeout_shows_agent_001(fake_llm, fake_feishu, feishu_conversation, agent):  # noqa: F811
