@@ -84,43 +84,69 @@ def test_a_turn_waiting_on_a_remote_service_lets_another_turn_in(settings):
     b.join(5)
 
 
-def test_a_turn_coming_back_from_the_llm_goes_ahead_of_turns_that_started_later(settings):
-    settings.TURN_ACTIVE_SLOTS = 1
-    order: list[str] = []
+def _start(target, *args) -> threading.Thread:
+    thread = threading.Thread(target=target, args=args)
+    thread.start()
+    return thread
+
+
+def _holding_the_slot() -> tuple[threading.Thread, threading.Event]:
+    """A thread that holds a slot (the only one, in these tests) until the returned event is set."""
+    ready, go = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with turn_slot():
+            ready.set()
+            go.wait(5)
+
+    thread = _start(hold)
+    assert ready.wait(5)
+    return thread, go
+
+
+def _in_remote_wait(
+    order: list[str], label: str, *, answered: bool = False
+) -> tuple[threading.Thread, threading.Event]:
+    """A turn (its answer out if ``answered``) waiting on a remote service until the returned event is
+    set; it then queues for a slot again and appends ``label`` once it has one."""
     in_remote, back = threading.Event(), threading.Event()
 
-    def old_turn() -> None:
+    def run() -> None:
         with turn_slot():
+            if answered:
+                gate.answered()
             with remote_wait():
                 in_remote.set()
                 back.wait(5)
-            order.append("old turn resumed")
+            order.append(label)
 
-    def new_turn(name: str) -> None:
-        with turn_slot():
-            order.append(name)
-
-    holder_ready, holder_go = threading.Event(), threading.Event()
-
-    def holder() -> None:  # keeps the slot busy while the others queue
-        with turn_slot():
-            holder_ready.set()
-            holder_go.wait(5)
-
-    old = threading.Thread(target=old_turn)
-    old.start()
+    thread = _start(run)
     assert in_remote.wait(5)
-    h = threading.Thread(target=holder)
-    h.start()
-    assert holder_ready.wait(5)
-    newer = [threading.Thread(target=new_turn, args=(f"new turn {i}",)) for i in range(3)]
-    for i, t in enumerate(newer):
-        t.start()
-        _wait_for(lambda k=i + 1: len(gate._slots._waiting) == k)
+    return thread, back
+
+
+def _queued(n: int) -> None:
+    _wait_for(lambda: len(gate._slots._waiting) == n)
+
+
+def _turn(order: list[str], label: str) -> None:
+    with turn_slot():
+        order.append(label)
+
+
+def test_a_turn_coming_back_from_the_llm_goes_ahead_of_turns_that_started_later(settings):
+    settings.TURN_ACTIVE_SLOTS = 1
+    order: list[str] = []
+    old, back = _in_remote_wait(order, "old turn resumed")
+    holder, release = _holding_the_slot()
+    newer = []
+    for i in range(3):
+        newer.append(_start(_turn, order, f"new turn {i}"))
+        _queued(i + 1)
     back.set()  # the old turn's answer is in: it queues behind the three new turns...
-    _wait_for(lambda: len(gate._slots._waiting) == 4)
-    holder_go.set()  # ...and is served first
-    for t in [old, h, *newer]:
+    _queued(4)
+    release.set()  # ...and is served first
+    for t in [old, holder, *newer]:
         t.join(5)
     assert order == ["old turn resumed", "new turn 0", "new turn 1", "new turn 2"]
 
@@ -148,47 +174,6 @@ def test_no_gate_when_the_setting_is_zero(settings):
         assert not gate.holding()
 
 
-def test_a_turn_whose_answer_is_out_waits_behind_turns_still_answering(settings):
-    settings.TURN_ACTIVE_SLOTS = 1
-    order: list[str] = []
-    in_remote, back = threading.Event(), threading.Event()
-
-    def answered_turn() -> None:  # started first, answered, now removing its reaction
-        with turn_slot():
-            gate.answered()
-            with remote_wait():
-                in_remote.set()
-                back.wait(5)
-            order.append("bookkeeping of the answered turn")
-
-    def answering_turn() -> None:
-        with turn_slot():
-            order.append("a later turn's answer")
-
-    holder_ready, holder_go = threading.Event(), threading.Event()
-
-    def holder() -> None:
-        with turn_slot():
-            holder_ready.set()
-            holder_go.wait(5)
-
-    first = threading.Thread(target=answered_turn)
-    first.start()
-    assert in_remote.wait(5)
-    h = threading.Thread(target=holder)
-    h.start()
-    assert holder_ready.wait(5)
-    back.set()
-    _wait_for(lambda: len(gate._slots._waiting) == 1)
-    later = threading.Thread(target=answering_turn)
-    later.start()
-    _wait_for(lambda: len(gate._slots._waiting) == 2)
-    holder_go.set()
-    for t in (first, h, later):
-        t.join(5)
-    assert order == ["a later turn's answer", "bookkeeping of the answered turn"]
-
-
 def test_a_side_call_carries_the_callers_context_and_runs_beside_it(settings):
     settings.TURN_ACTIVE_SLOTS = 2
     trace = contextvars.ContextVar("trace", default="")
@@ -200,44 +185,19 @@ def test_a_side_call_carries_the_callers_context_and_runs_beside_it(settings):
     assert seen == [("trace-1", True, seen[0][2])] and seen[0][2].startswith("aside")
 
 
-def test_a_side_call_waits_behind_answering_turns_and_ahead_of_answered_bookkeeping(settings):
+def test_answering_turns_go_first_then_side_calls_then_answered_turns_bookkeeping(settings):
     settings.TURN_ACTIVE_SLOTS = 1
     order: list[str] = []
-    in_remote, back = threading.Event(), threading.Event()
-    holder_ready, holder_go = threading.Event(), threading.Event()
-
-    def answered_turn() -> None:
-        with turn_slot():
-            gate.answered()
-            with remote_wait():
-                in_remote.set()
-                back.wait(5)
-            order.append("bookkeeping of an answered turn")
-
-    def holder() -> None:
-        with turn_slot():
-            holder_ready.set()
-            holder_go.wait(5)
-
-    def later_turn() -> None:
-        with turn_slot():
-            order.append("a later turn's answer")
-
-    first = threading.Thread(target=answered_turn)
-    first.start()
-    assert in_remote.wait(5)
-    h = threading.Thread(target=holder)
-    h.start()
-    assert holder_ready.wait(5)
+    answered, back = _in_remote_wait(order, "bookkeeping of an answered turn", answered=True)
+    holder, release = _holding_the_slot()
     back.set()
-    _wait_for(lambda: len(gate._slots._waiting) == 1)
+    _queued(1)
     side = gate.aside(lambda: order.append("side call"))
-    _wait_for(lambda: len(gate._slots._waiting) == 2)
-    later = threading.Thread(target=later_turn)
-    later.start()
-    _wait_for(lambda: len(gate._slots._waiting) == 3)
-    holder_go.set()
-    for t in (first, h, later):
+    _queued(2)
+    later = _start(_turn, order, "a later turn's answer")
+    _queued(3)
+    release.set()
+    for t in (answered, holder, later):
         t.join(5)
     side.result(5)
     assert order == ["a later turn's answer", "side call", "bookkeeping of an answered turn"]
