@@ -12,7 +12,9 @@ served in arrival order: in a burst the first LLM request leaves after one turn'
 after all of them, and a turn coming back from the LLM goes ahead of turns that started after it.
 Once a turn's answer is out (``answered()``), its remaining bookkeeping goes behind every turn
 that is still answering. Side calls a turn does not wait for (``aside()``: the processing reaction)
-run in a small pool of their own, behind every answering turn but ahead of that bookkeeping.
+run in a small pool of their own, behind every answering turn but ahead of that bookkeeping; side
+work a turn does itself while its LLM request is out (``behind_answering()``: writing its opening
+rows) queues at the same priority.
 
 No deadlock: a thread gives its slot up only while it holds no database connection (and a thread
 starts queueing for a slot holding none). So every connection holder either has a slot or is
@@ -46,7 +48,10 @@ class Slots:
         self.size = size
         self._free = size
         self._lock = threading.Lock()
-        self._waiting: list[tuple[int, threading.Lock]] = []  # heap of (ticket, a lock its waiter blocks on)
+        # heap of (ticket, arrival, a lock its waiter blocks on); equal tickets (a turn's side call and
+        # its own side work) go in arrival order
+        self._waiting: list[tuple[int, int, threading.Lock]] = []
+        self._arrivals = itertools.count()
 
     def acquire(self, ticket: int) -> None:
         with self._lock:
@@ -55,13 +60,13 @@ class Slots:
                 return
             handed = threading.Lock()
             handed.acquire()
-            heapq.heappush(self._waiting, (ticket, handed))
+            heapq.heappush(self._waiting, (ticket, next(self._arrivals), handed))
         handed.acquire()  # released by the release() that hands this waiter the slot
 
     def release(self) -> None:
         with self._lock:
             if self._waiting:
-                heapq.heappop(self._waiting)[1].release()
+                heapq.heappop(self._waiting)[2].release()
             else:
                 self._free += 1
 
@@ -152,6 +157,25 @@ def answered() -> None:
     """This thread's answer is delivered: its further waits for a slot go behind turns still answering."""
     if holding():
         _local.ticket = _local.started + _AFTER_ANSWER
+
+
+@contextmanager
+def behind_answering() -> Iterator[None]:
+    """Run the block only when no turn that is still answering waits for a slot (side work of this
+    turn: writing its opening rows while its LLM request is out).
+
+    The thread queues for its slot again at a side call's priority; afterwards it keeps the slot and
+    its own place in the order. A no-op without a slot or with a database connection held.
+    """
+    slots = getattr(_local, "slots", None)
+    if slots is None or _holds_connection():
+        yield
+        return
+    slots.release()
+    _local.slots = None
+    slots.acquire(_local.started + _ASIDE)
+    _local.slots = slots
+    yield
 
 
 def aside(call: Callable[[], object]) -> Future:

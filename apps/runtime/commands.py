@@ -118,9 +118,25 @@ def stop_commands_take(*, conversation_id: int) -> list[tuple[Message, bool, int
                 status=Message.Status.PENDING,
                 id__lt=message.pk,
             ).update(status=Message.Status.CANCELLED)
-        stopped = False
+        # First a turn whose message is claimed but whose rows are not written yet (its LLM request
+        # is leaving, store.TurnRows): marked here, the turn starts cancelled. Then the running turns
+        # (in this order: a turn written meanwhile is found by the second look).
+        stopped = _unopened_turns_stop(conversation_id=conversation_id)
         for turn in Turn.objects.filter(conversation_id=conversation_id, status=Turn.Status.RUNNING):
             stopped = turn_cancel(turn=turn) or stopped
         logger.info("command.stop", message_id=message.pk, stopped_turn=stopped, dropped=dropped)
         taken.append((message, stopped, dropped))
     return taken
+
+
+def _unopened_turns_stop(*, conversation_id: int) -> bool:
+    claimed = Message.objects.filter(
+        conversation_id=conversation_id, role=Message.Role.USER, status=Message.Status.PROCESSING, turn__isnull=True
+    ).values_list("pk", "content")
+    ids = [pk for pk, content in claimed if not command_parse(content)]  # a claimed command is no turn
+    return bool(
+        ids
+        and Message.objects.filter(pk__in=ids, status=Message.Status.PROCESSING, turn__isnull=True).update(
+            status=Message.Status.CANCELLED
+        )
+    )

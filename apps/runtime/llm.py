@@ -138,6 +138,9 @@ class LLMSession:
         self.trace_id = trace_id
         self.calls: list[CallRecord] = []
         self.client = llm_client(base_url=agent.base_url, api_key=agent.api_key or "")
+        # Called once, when the first request's answer has started (its request left): work that
+        # the request need not wait for (pipeline.turn writes the turn's rows there).
+        self.on_sent: Callable[[], None] | None = None
 
     # -- public ----------------------------------------------------------------------------
     def chat(
@@ -218,6 +221,7 @@ class LLMSession:
                 result = self._stream(record, kwargs, on_text, started, deadline)
             else:
                 response = self.client.chat.completions.create(**kwargs)
+                self._sent()
                 choice = response.choices[0]
                 result = Completion(
                     text=choice.message.content or "",
@@ -248,6 +252,11 @@ class LLMSession:
             if self.active is not None:
                 self.active.deadline = None
         return result
+
+    def _sent(self) -> None:
+        hook, self.on_sent = self.on_sent, None
+        if hook is not None:
+            hook()
 
     def _post_stream(self, kwargs: dict[str, Any]) -> openai.Stream:
         """``chat.completions.create(stream=True, ...)`` without its parameter transform.
@@ -290,6 +299,8 @@ class LLMSession:
         calls: dict[int, dict[str, Any]] = {}
         finish = ""
         try:
+            self._sent()
+            self._check(deadline)  # the hook may have found the turn cancelled
             for chunk in _chunk_dicts(response):
                 self._check(deadline)
                 usage = chunk.get("usage")

@@ -11,8 +11,8 @@ CTEs are atomic without BEGIN/COMMIT), written by hand with every value a parame
 - ``claim_next``: after a turn, claim the next pending message while we still hold the lease, or
   release the lease when none is pending; writes the finished turn's timings on the way.
 - ``lease_take_if_pending``: the fresh look right after a release (runner.py: no lost wake-up).
-- ``turn_open``: the Turn row, the user message linked to it, the assistant message row, and a new
-  session when one starts.
+- ``TurnRows.write``: the Turn row, the user message linked to it, the assistant message row, and a
+  new session when one starts; with ids the claim reserved, so it can wait until the LLM request left.
 - ``turn_close``: the user and assistant messages' final state, tool rows, LLM call rows and the
   Turn's outcome.
 
@@ -119,12 +119,16 @@ _USER_PENDING = "conversation_id = %(c)s AND role = 'user' AND status = 'pending
 
 def _claim_select(ours: str, released: str) -> str:
     """The row both claim statements return: (lease ours, a message pending, lease released), the
-    conversation, the claimed message (NULLs if none) and when the message before it was written."""
+    conversation, the claimed message (NULLs if none), when the message before it was written, and
+    the ids its turn and answer will have (reserved now, so the rows can be written later: see
+    TurnRows)."""
     return f"""SELECT {ours}, EXISTS (SELECT 1 FROM pending), {released},
     {_columns(Conversation, "c")}, {_columns(Message, "claimed")},
     (SELECT p.created_at FROM transcripts_message p
      WHERE p.conversation_id = %(c)s AND p.id < claimed.id AND p.role IN ('user', 'assistant')
-     ORDER BY p.id DESC LIMIT 1)
+     ORDER BY p.id DESC LIMIT 1),
+    CASE WHEN claimed.id IS NOT NULL THEN nextval(pg_get_serial_sequence('transcripts_turn', 'id')) END,
+    CASE WHEN claimed.id IS NOT NULL THEN nextval(pg_get_serial_sequence('transcripts_message', 'id')) END
 FROM transcripts_conversation c LEFT JOIN claimed ON TRUE
 WHERE c.id = %(c)s
 """  # noqa: S608 - only column lists from the models are interpolated
@@ -180,6 +184,7 @@ def _claim_result(row: tuple | None) -> Claim:
     if message is not None:
         message.conversation = conversation
         message.previous_at = row[3 + n_conv + n_msg]
+        message.reserved_ids = (row[4 + n_conv + n_msg], row[5 + n_conv + n_msg])
     return Claim(
         leased=leased,
         pending=pending,
@@ -266,20 +271,27 @@ def lease_take_if_pending(*, conversation_id: int, token: str) -> bool:
 
 
 # -- the turn's own rows -----------------------------------------------------------------------
+# The user message's row is locked first: a /stop that marked it cancelled before this statement
+# (commands.stop_commands_take) is seen here and the turn starts with its cancel flag set; a /stop
+# after it finds the running turn instead.
 _TURN_OPEN = """
-WITH turn AS (
-    INSERT INTO transcripts_turn (tenant_id, created_at, updated_at, conversation_id, agent_id, status, trace_id,
+WITH asked AS (
+    SELECT status FROM transcripts_message WHERE id = %(message)s FOR UPDATE
+), turn AS (
+    INSERT INTO transcripts_turn (id, tenant_id, created_at, updated_at, conversation_id, agent_id, status, trace_id,
         cancel_requested, started_at, first_token_ms, duration_ms, timings, error_code, error_detail)
-    VALUES (%(tenant)s, %(now)s, %(now)s, %(c)s, %(agent)s, 'running', %(trace)s,
-        FALSE, %(now)s, NULL, NULL, '{}'::jsonb, '', '')
-    RETURNING id
+    VALUES (COALESCE(%(turn)s, nextval(pg_get_serial_sequence('transcripts_turn', 'id'))), %(tenant)s, %(now)s,
+        %(now)s, %(c)s, %(agent)s, 'running', %(trace)s, COALESCE((SELECT status = 'cancelled' FROM asked), FALSE),
+        %(now)s, NULL, NULL, '{}'::jsonb, '', '')
+    RETURNING id, cancel_requested
 ), linked AS (
     UPDATE transcripts_message SET turn_id = (SELECT id FROM turn), trace_id = %(trace)s WHERE id = %(message)s
 ), assistant AS (
-    INSERT INTO transcripts_message (tenant_id, created_at, updated_at, conversation_id, turn_id, role, status,
+    INSERT INTO transcripts_message (id, tenant_id, created_at, updated_at, conversation_id, turn_id, role, status,
         content, attachments, mentions, tool_calls, tool_call_id, tool_name, sender_open_id, bot_id, external_id,
         error_code, trace_id, feedback, feedback_by)
-    SELECT %(tenant)s, %(now)s, %(now)s, %(c)s, turn.id, 'assistant', 'processing',
+    SELECT COALESCE(%(assistant)s, nextval(pg_get_serial_sequence('transcripts_message', 'id'))), %(tenant)s, %(now)s,
+        %(now)s, %(c)s, turn.id, 'assistant', 'processing',
         '', '[]'::jsonb, '[]'::jsonb, '[]'::jsonb, '', '', '', %(bot)s, '', '', %(trace)s, '', ''
     FROM turn WHERE %(with_assistant)s
     RETURNING id
@@ -287,51 +299,76 @@ WITH turn AS (
     UPDATE transcripts_conversation SET session_started_at = %(session_at)s, summary = '', summary_upto_id = NULL
     WHERE id = %(c)s AND %(session_at)s::timestamptz IS NOT NULL
 )
-SELECT (SELECT id FROM turn), (SELECT id FROM assistant)
+SELECT (SELECT id FROM turn), (SELECT id FROM assistant), (SELECT cancel_requested FROM turn)
 """
 
 
-def turn_open(
-    *,
-    conversation: Conversation,
-    message: Message,
-    agent_id: int | None,
-    trace_id: str,
-    with_assistant: bool,
-    session_at: datetime | None,
-) -> tuple[Turn, Message | None]:
-    """Insert the running Turn, link ``message`` to it, insert the assistant row (``with_assistant``)
-    and start a new session at ``session_at`` (if given), in one statement."""
-    now = timezone.now()
-    params = {
-        "tenant": conversation.tenant_id,
-        "now": now,
-        "c": conversation.pk,
-        "agent": agent_id,
-        "trace": trace_id,
-        "message": message.pk,
-        "bot": conversation.bot_id,
-        "with_assistant": with_assistant,
-        "session_at": session_at,
-    }
-    turn_id, assistant_id = _execute(_TURN_OPEN, params)
-    turn = Turn(
-        pk=turn_id, tenant_id=conversation.tenant_id, conversation=conversation, agent_id=agent_id,
-        status=Turn.Status.RUNNING, trace_id=trace_id, started_at=now, created_at=now, updated_at=now,
-    )  # fmt: skip
-    turn._state.adding = False
-    message.turn_id, message.trace_id = turn_id, trace_id
-    assistant = None
-    if assistant_id is not None:
-        assistant = Message(
-            pk=assistant_id, tenant_id=conversation.tenant_id, conversation=conversation, turn=turn,
-            role=Message.Role.ASSISTANT, status=Message.Status.PROCESSING, trace_id=trace_id,
-            bot_id=conversation.bot_id, created_at=now, updated_at=now,
+class TurnRows:
+    """A turn's opening rows: the running Turn, the user message linked to it, the assistant row and
+    a new session when one starts. Built at once (as model instances, with the ids the claim
+    reserved), written by ``write()`` in one statement, as late as the turn allows: the runner
+    writes them once its LLM request has left (pipeline.turn), so the request does not wait for them.
+
+    Without reserved ids (a message not claimed by this module's statements) ``write()`` runs at once.
+    """
+
+    def __init__(
+        self,
+        *,
+        conversation: Conversation,
+        message: Message,
+        agent_id: int | None,
+        trace_id: str,
+        with_assistant: bool,
+        session_at: datetime | None,
+    ) -> None:
+        self.now = now = timezone.now()
+        turn_id, assistant_id = getattr(message, "reserved_ids", (None, None))
+        self.message, self.session_at, self.written, self.cancel_requested = message, session_at, False, False
+        self.turn = Turn(
+            pk=turn_id, tenant_id=conversation.tenant_id, conversation=conversation, agent_id=agent_id,
+            status=Turn.Status.RUNNING, trace_id=trace_id, started_at=now, created_at=now, updated_at=now,
         )  # fmt: skip
-        assistant._state.adding = False
-    if session_at is not None:
-        conversation.session_started_at, conversation.summary, conversation.summary_upto_id = session_at, "", None
-    return turn, assistant
+        self.turn._state.adding = False
+        self.assistant = None
+        if with_assistant:
+            self.assistant = Message(
+                pk=assistant_id, tenant_id=conversation.tenant_id, conversation=conversation, turn=self.turn,
+                role=Message.Role.ASSISTANT, status=Message.Status.PROCESSING, trace_id=trace_id,
+                bot_id=conversation.bot_id, created_at=now, updated_at=now,
+            )  # fmt: skip
+            self.assistant._state.adding = False
+        if turn_id is None or (with_assistant and assistant_id is None):
+            self.write()
+
+    def write(self) -> bool:
+        """Write the rows (once; later calls do nothing). True if a /stop asked to cancel the turn first."""
+        if self.written:
+            return self.cancel_requested
+        turn, message, conversation = self.turn, self.message, self.turn.conversation
+        params = {
+            "turn": turn.pk,
+            "assistant": self.assistant.pk if self.assistant is not None else None,
+            "tenant": turn.tenant_id,
+            "now": self.now,
+            "c": conversation.pk,
+            "agent": turn.agent_id,
+            "trace": turn.trace_id,
+            "message": message.pk,
+            "bot": conversation.bot_id,
+            "with_assistant": self.assistant is not None,
+            "session_at": self.session_at,
+        }
+        turn_id, assistant_id, cancel_requested = _execute(_TURN_OPEN, params)
+        turn.pk, turn.cancel_requested = turn_id, cancel_requested
+        if self.assistant is not None:
+            self.assistant.pk = assistant_id
+        message.turn_id, message.trace_id = turn_id, turn.trace_id
+        if self.session_at is not None:
+            conversation.session_started_at = self.session_at
+            conversation.summary, conversation.summary_upto_id = "", None
+        self.written, self.cancel_requested = True, cancel_requested
+        return cancel_requested
 
 
 _TURN_CLOSE = """

@@ -201,3 +201,42 @@ def test_answering_turns_go_first_then_side_calls_then_answered_turns_bookkeepin
         t.join(5)
     side.result(5)
     assert order == ["a later turn's answer", "side call", "bookkeeping of an answered turn"]
+
+
+def test_waiters_with_equal_tickets_are_served_in_arrival_order():
+    slots = Slots(1)
+    slots.acquire(0)
+    order: list[str] = []
+    threads = []
+    for ticket, label in ((7, "first 7"), (3, "3"), (7, "second 7")):
+        threads.append(_start(lambda n=ticket, lbl=label: (slots.acquire(n), order.append(lbl), slots.release())))
+        queued = len(threads)
+        _wait_for(lambda k=queued: len(slots._waiting) == k)
+    slots.release()
+    for t in threads:
+        t.join(5)
+    assert order == ["3", "first 7", "second 7"]
+
+
+def test_a_turns_side_work_waits_behind_turns_still_answering(settings):
+    """What a turn does while its LLM request is out (writing its rows) lets a later turn's answer go first."""
+    settings.TURN_ACTIVE_SLOTS = 1
+    order: list[str] = []
+    ready, go = threading.Event(), threading.Event()
+
+    def early_turn() -> None:
+        with turn_slot():
+            ready.set()
+            go.wait(5)
+            with gate.behind_answering():
+                order.append("the early turn's side work")
+            order.append("the early turn goes on")
+
+    early = _start(early_turn)
+    assert ready.wait(5)
+    later = _start(_turn, order, "a later turn's answer")
+    _queued(1)
+    go.set()
+    early.join(5)
+    later.join(5)
+    assert order == ["a later turn's answer", "the early turn's side work", "the early turn goes on"]

@@ -93,6 +93,16 @@ def command_answer(*, message: Message, name: str, trace_id: str) -> None:
     Message.objects.filter(pk=message.pk).update(status=Message.Status.DONE, trace_id=trace_id)
 
 
+def _rows_write(rows: store.TurnRows, active: ActiveTurn) -> None:
+    """The turn's opening rows, written while its LLM request is out (behind turns still answering:
+    in a burst every request leaves before these writes). A /stop that came in between cancels now."""
+    with gate.behind_answering():
+        cancelled = rows.write()
+    db_release()
+    if cancelled:
+        active.cancel()
+
+
 def turn_run(*, message: Message, active: ActiveTurn, trace_id: str, defer_timings: bool = False) -> TurnDone:
     clock = Stopwatch()
     started = time.monotonic()
@@ -109,9 +119,10 @@ def turn_run(*, message: Message, active: ActiveTurn, trace_id: str, defer_timin
             agent, binding, restore_error = None, None, exc
         else:
             restore_error = None
+        rows: store.TurnRows | None = None
         if store.fast():
             session_at = session_due(conversation=conversation, agent=agent, message=message) if agent else None
-            turn, assistant = store.turn_open(
+            rows = store.TurnRows(
                 conversation=conversation,
                 message=message,
                 agent_id=agent.pk if agent else None,
@@ -119,6 +130,7 @@ def turn_run(*, message: Message, active: ActiveTurn, trace_id: str, defer_timin
                 with_assistant=restore_error is None,
                 session_at=session_at,
             )
+            turn, assistant = rows.turn, rows.assistant
             # Nothing to replay: no earlier message at all, or a session that starts with this one.
             state.history_empty = message.previous_at is None or session_at == message.created_at
         else:
@@ -131,6 +143,8 @@ def turn_run(*, message: Message, active: ActiveTurn, trace_id: str, defer_timin
                 started_at=timezone.now(),
             )
             Message.objects.filter(pk=message.pk).update(turn=turn, trace_id=trace_id)
+            if Message.objects.filter(pk=message.pk, status=Message.Status.CANCELLED).exists():
+                active.cancel()  # a /stop came between the claim and the Turn row (commands.stop_commands_take)
         active.turn_id = turn.pk
         structlog.contextvars.bind_contextvars(turn_id=turn.pk)
     ctx = ResponderContext(conversation=conversation, turn=turn, user_messages=[message], trace_id=trace_id)
@@ -159,6 +173,8 @@ def turn_run(*, message: Message, active: ActiveTurn, trace_id: str, defer_timin
         with clock.stage("build"):
             tools = tools_for_agent(agent)
             state.llm = LLMSession(agent=agent, active=active, trace_id=trace_id)  # no DB connection held
+            if rows is not None and not rows.written:
+                state.llm.on_sent = lambda: _rows_write(rows, active)
             chat = turn_build(
                 conversation=conversation,
                 turn=turn,
@@ -203,6 +219,8 @@ def turn_run(*, message: Message, active: ActiveTurn, trace_id: str, defer_timin
     answer = state.visible if outcome != Turn.Status.SUCCEEDED else (state.visible or EMPTY_ANSWER)
     try:
         with clock.stage("save"):
+            if rows is not None:
+                rows.write()  # the turn ended before its LLM request left (an error, a /stop)
             turn_save(
                 turn=turn,
                 message=message,

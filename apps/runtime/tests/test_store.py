@@ -3,6 +3,8 @@ per-process cache of tenant, bot, agent and bindings (apps.runtime.cache)."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
@@ -80,6 +82,37 @@ def test_a_message_claimed_by_a_stop_first_is_skipped_not_lost(fake_llm, recorde
 
     assert recorder.finals(conversation) == ["ok"]
     assert fake_llm.chat_requests()[0].messages[-1]["content"] == "b"
+    assert settled(conversation)
+
+
+def test_a_stop_before_the_turns_rows_are_written_still_stops_the_turn(
+    fake_llm, recorder, make_conversation, monkeypatch
+):
+    """The turn's rows are written once its LLM request has left; a /stop handled in between (no
+    running Turn row to cancel yet) must still end that turn, saying so once, not "nothing to stop"."""
+    fake_llm.default = Reply(text="too late", first_token_delay=5)
+    conversation = make_conversation()
+    user = post(conversation, "write a long essay", enqueue=False)
+    real_write = store.TurnRows.write
+
+    def stop_arrives_first(rows):
+        if not rows.written:
+            stop = post(conversation, "/stop", enqueue=False)
+            runner.stop_commands_handle(conversation_id=conversation.pk)
+            stop.refresh_from_db()
+            assert stop.status == Message.Status.DONE
+        return real_write(rows)
+
+    monkeypatch.setattr(store.TurnRows, "write", stop_arrives_first)
+    started = time.monotonic()
+    conversation_process(conversation_id=conversation.pk)
+
+    assert time.monotonic() - started < 2.5  # not the model's 5 s
+    assert recorder.events(conversation, "cancelled") and not recorder.events(conversation, "final")
+    assert recorder.events(conversation, "notice") == []  # no "nothing to stop": the turn says so itself
+    turn = Turn.objects.get(conversation=conversation)
+    user.refresh_from_db()
+    assert turn.status == Turn.Status.CANCELLED and user.status == Message.Status.CANCELLED
     assert settled(conversation)
 
 
