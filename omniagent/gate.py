@@ -13,8 +13,8 @@ after all of them, and a turn coming back from the LLM goes ahead of turns that 
 Once a turn's answer is out (``answered()``), its remaining bookkeeping goes behind every turn
 that is still answering. Side calls a turn does not wait for (``aside()``: the processing reaction)
 run in a small pool of their own, behind every answering turn but ahead of that bookkeeping; side
-work a turn does itself while its LLM request is out (``behind_answering()``: writing its opening
-rows) queues at the same priority.
+work a turn does itself while its LLM request is out (``wait_behind_answering()``: writing its
+opening rows) queues at the same priority.
 
 No deadlock: a thread gives its slot up only while it holds no database connection (and a thread
 starts queueing for a slot holding none). So every connection holder either has a slot or is
@@ -127,6 +127,22 @@ def turn_slot() -> Iterator[None]:
         _local.slots = None
 
 
+def _slot_give_up() -> Slots | None:
+    """Give this thread's slot back and return its Slots; None (slot kept) without one or while a
+    database connection is held (see the module docstring)."""
+    slots = getattr(_local, "slots", None)
+    if slots is None or _holds_connection():
+        return None
+    slots.release()
+    _local.slots = None
+    return slots
+
+
+def _slot_take(slots: Slots, ticket: int) -> None:
+    slots.acquire(ticket)
+    _local.slots = slots
+
+
 @contextmanager
 def remote_wait() -> Iterator[None]:
     """Give this thread's slot up while the block waits on a remote service, then wait for one again
@@ -134,17 +150,12 @@ def remote_wait() -> Iterator[None]:
 
     Kept (no-op) when the thread holds no slot or holds a database connection (see the module docstring).
     """
-    slots = getattr(_local, "slots", None)
-    if slots is None or _holds_connection():
-        yield
-        return
-    slots.release()
-    _local.slots = None
+    slots = _slot_give_up()
     try:
         yield
     finally:
-        slots.acquire(_local.ticket)
-        _local.slots = slots
+        if slots is not None:
+            _slot_take(slots, _local.ticket)
 
 
 def answering() -> None:
@@ -159,23 +170,16 @@ def answered() -> None:
         _local.ticket = _local.started + _AFTER_ANSWER
 
 
-@contextmanager
-def behind_answering() -> Iterator[None]:
-    """Run the block only when no turn that is still answering waits for a slot (side work of this
-    turn: writing its opening rows while its LLM request is out).
+def wait_behind_answering() -> None:
+    """Queue for this thread's slot again behind every turn still answering (at a side call's
+    priority), before side work of its own: writing its opening rows while its LLM request is out.
 
-    The thread queues for its slot again at a side call's priority; afterwards it keeps the slot and
-    its own place in the order. A no-op without a slot or with a database connection held.
+    Its later waits keep its own place in the order. A no-op without a slot or with a database
+    connection held.
     """
-    slots = getattr(_local, "slots", None)
-    if slots is None or _holds_connection():
-        yield
-        return
-    slots.release()
-    _local.slots = None
-    slots.acquire(_local.started + _ASIDE)
-    _local.slots = slots
-    yield
+    slots = _slot_give_up()
+    if slots is not None:
+        _slot_take(slots, _local.started + _ASIDE)
 
 
 def aside(call: Callable[[], object]) -> Future:

@@ -324,7 +324,7 @@ class TurnRows:
     ) -> None:
         self.now = now = timezone.now()
         turn_id, assistant_id = getattr(message, "reserved_ids", (None, None))
-        self.message, self.session_at, self.written, self.cancel_requested = message, session_at, False, False
+        self.message, self.session_at, self.written = message, session_at, False
         self.turn = Turn(
             pk=turn_id, tenant_id=conversation.tenant_id, conversation=conversation, agent_id=agent_id,
             status=Turn.Status.RUNNING, trace_id=trace_id, started_at=now, created_at=now, updated_at=now,
@@ -344,7 +344,7 @@ class TurnRows:
     def write(self) -> bool:
         """Write the rows (once; later calls do nothing). True if a /stop asked to cancel the turn first."""
         if self.written:
-            return self.cancel_requested
+            return self.turn.cancel_requested
         turn, message, conversation = self.turn, self.message, self.turn.conversation
         params = {
             "turn": turn.pk,
@@ -367,7 +367,7 @@ class TurnRows:
         if self.session_at is not None:
             conversation.session_started_at = self.session_at
             conversation.summary, conversation.summary_upto_id = "", None
-        self.written, self.cancel_requested = True, cancel_requested
+        self.written = True
         return cancel_requested
 
 

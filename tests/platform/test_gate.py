@@ -228,9 +228,8 @@ def test_a_turns_side_work_waits_behind_turns_still_answering(settings):
         with turn_slot():
             ready.set()
             go.wait(5)
-            with gate.behind_answering():
-                order.append("the early turn's side work")
-            order.append("the early turn goes on")
+            gate.wait_behind_answering()
+            order.append("the early turn's side work")
 
     early = _start(early_turn)
     assert ready.wait(5)
@@ -239,4 +238,4 @@ def test_a_turns_side_work_waits_behind_turns_still_answering(settings):
     go.set()
     early.join(5)
     later.join(5)
-    assert order == ["a later turn's answer", "the early turn's side work", "the early turn goes on"]
+    assert order == ["a later turn's answer", "the early turn's side work"]

@@ -96,8 +96,8 @@ def command_answer(*, message: Message, name: str, trace_id: str) -> None:
 def _rows_write(rows: store.TurnRows, active: ActiveTurn) -> None:
     """The turn's opening rows, written while its LLM request is out (behind turns still answering:
     in a burst every request leaves before these writes). A /stop that came in between cancels now."""
-    with gate.behind_answering():
-        cancelled = rows.write()
+    gate.wait_behind_answering()
+    cancelled = rows.write()
     db_release()
     if cancelled:
         active.cancel()
