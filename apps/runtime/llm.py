@@ -9,7 +9,6 @@ stream that is blocked past its deadline or whose turn was cancelled.
 
 from __future__ import annotations
 
-import functools
 import inspect
 import itertools
 import json
@@ -27,6 +26,7 @@ import structlog
 from openai._streaming import ServerSentEvent, SSEDecoder
 
 from apps.runtime.errors import LLMTimeout, TurnCancelled, TurnError
+from apps.runtime.llm_http import transport_for
 from omniagent.gate import remote_iter, remote_wait
 
 if TYPE_CHECKING:
@@ -64,10 +64,19 @@ class _OpenAI(openai.OpenAI):
         return EventBlockDecoder()
 
 
-@functools.cache
+_tls: list[ssl.SSLContext] = []
+_tls_lock = threading.Lock()
+
+
 def _tls_context() -> ssl.SSLContext:
-    """One TLS context for every client of the process: building one loads the CA bundle (~10 ms)."""
-    return httpx2.create_ssl_context()
+    """One TLS context for every client of the process: building one loads the CA bundle (~20 ms of
+    CPU). Under a lock: a burst's first turns would otherwise each load it (functools.cache does not
+    hold concurrent first callers back), and at start-up (llm_warm_up), not in the first burst."""
+    if not _tls:
+        with _tls_lock:
+            if not _tls:
+                _tls.append(httpx2.create_ssl_context())
+    return _tls[0]
 
 
 def llm_client(*, base_url: str, api_key: str) -> openai.OpenAI:
@@ -81,11 +90,14 @@ def llm_client(*, base_url: str, api_key: str) -> openai.OpenAI:
         # Built outside the lock: the first construction is slow (imports, TLS context) and threads
         # waiting on a lock here would sit on their DB connections in older code paths.
         # Some self-hosted endpoints take no key; the SDK insists on a non-empty one.
+        transport = transport_for(base_url, _tls_context())
         fresh = _OpenAI(
             base_url=base_url,
             api_key=api_key or "none",
             max_retries=0,
-            http_client=openai.DefaultHttpxClient(verify=_tls_context()),
+            http_client=openai.DefaultHttpxClient(transport=transport)
+            if transport is not None
+            else openai.DefaultHttpxClient(verify=_tls_context()),
         )
         with _clients_lock:
             client = _clients.setdefault(key, fresh)
@@ -456,6 +468,11 @@ def parse_arguments(arguments: str) -> dict[str, Any]:
 
 def llm_warm_up() -> None:
     """Import the SDK's lazy modules once (worker start-up) so the first turns do not pay for it."""
-    client = openai.OpenAI(base_url="http://127.0.0.1:9/v1", api_key="warm-up", max_retries=0)
+    client = openai.OpenAI(
+        base_url="http://127.0.0.1:9/v1",
+        api_key="warm-up",
+        max_retries=0,
+        http_client=openai.DefaultHttpxClient(verify=_tls_context()),
+    )
     _ = client.chat.completions, client.models
     client.close()

@@ -16,8 +16,6 @@ midway. The caller decides what is retryable and whether an attempt may have bee
 from __future__ import annotations
 
 import os
-import select
-import socket
 import ssl
 import threading
 import time
@@ -28,35 +26,26 @@ from dataclasses import dataclass
 import certifi
 import urllib3
 
+from omniagent.http1 import (
+    BadAnswer,
+    ClosedBeforeAnswer,
+    Connection,
+    Headers,
+    NotSent,
+    connect,
+    content_length,
+    has_no_body,
+    is_chunked,
+    iter_chunked,
+    keeps_alive,
+    read_head,
+    request_head,
+)
+
+__all__ = ["Answer", "BadAnswer", "HttpPool", "NotSent", "pool_for"]
+
 _IDLE_SECONDS = 30.0  # drop connections idle longer than this (Feishu's gateway closes idle ones)
 _MAX_IDLE = 32  # idle connections kept per pool
-_MAX_LINE = 65536
-_MAX_HEADERS = 100
-
-
-class NotSent(OSError):  # noqa: N818 - a condition, not a failure of ours
-    """No connection could be made: the request never reached the server."""
-
-
-class BadAnswer(OSError):  # noqa: N818
-    """The server's answer was not HTTP/1.x we can read (or the connection closed before it)."""
-
-
-class ClosedBeforeAnswer(BadAnswer):
-    """The server closed (or reset) the connection before sending a single byte of an answer."""
-
-
-class Headers(dict):
-    """Response headers with lower-cased names; `get`/`[]` accept any case."""
-
-    def get(self, key: str, default=None):  # type: ignore[override]
-        return super().get(key.lower(), default)
-
-    def __getitem__(self, key: str) -> str:
-        return super().__getitem__(key.lower())
-
-    def __contains__(self, key: object) -> bool:
-        return super().__contains__(key.lower() if isinstance(key, str) else key)
 
 
 @dataclass
@@ -64,33 +53,6 @@ class Answer:
     status: int
     headers: Headers
     content: bytes
-
-
-class _Connection:
-    __slots__ = ("sock", "rfile", "idle_since", "reused")
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.rfile = sock.makefile("rb")
-        self.idle_since = 0.0
-        self.reused = False
-
-    def close(self) -> None:
-        try:
-            self.rfile.close()
-        finally:
-            self.sock.close()
-
-    def usable(self, now: float) -> bool:
-        """Idle not too long and nothing to read: a readable idle socket was closed (or spoke out of turn)."""
-        if now - self.idle_since > _IDLE_SECONDS:
-            return False
-        try:
-            poller = select.poll()  # not select.select: a busy worker may hold descriptors past 1024
-            poller.register(self.sock, select.POLLIN)
-            return not poller.poll(0)
-        except (OSError, ValueError):
-            return False
 
 
 class HttpPool:
@@ -109,7 +71,7 @@ class HttpPool:
         self.base_url = base_url.rstrip("/")
         # like requests: the bundle from the environment, else certifi's
         self._ssl = ssl.create_default_context(cafile=ca_bundle or certifi.where()) if self.https else None
-        self._idle: list[_Connection] = []
+        self._idle: list[Connection] = []
         self._lock = threading.Lock()
         self._proxy = _proxy_for(base_url, parts.scheme, self.host, ca_bundle)
 
@@ -147,31 +109,26 @@ class HttpPool:
         return answer
 
     def _head(self, method: str, target: str, headers: dict[str, str], body: bytes | None) -> bytes:
-        lines = [f"{method} {self.prefix}{target} HTTP/1.1\r\nHost: {self.host_header}\r\n"]
-        for name, value in headers.items():
-            if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
-                raise ValueError(f"invalid header {name!r}")
-            lines.append(f"{name}: {value}\r\n")
+        pairs = list(headers.items())
         if body is not None or method in ("POST", "PUT", "PATCH"):
-            lines.append(f"Content-Length: {len(body or b'')}\r\n")
-        lines.append("\r\n")
-        return "".join(lines).encode("latin-1")
+            pairs.append(("Content-Length", str(len(body or b""))))
+        return request_head(method, f"{self.prefix}{target}", self.host_header, pairs)
 
     # --- the pool ---------------------------------------------------------------------------
 
-    def _checkout(self, connect_timeout: float) -> _Connection:
+    def _checkout(self, connect_timeout: float) -> Connection:
         now = time.monotonic()
         while True:
             with self._lock:
                 conn = self._idle.pop() if self._idle else None
             if conn is None:
                 return self._connect(connect_timeout)
-            if conn.usable(now):
+            if conn.usable(now, _IDLE_SECONDS):
                 conn.reused = True
                 return conn
             conn.close()
 
-    def _checkin(self, conn: _Connection) -> None:
+    def _checkin(self, conn: Connection) -> None:
         conn.idle_since = time.monotonic()
         with self._lock:
             if len(self._idle) < _MAX_IDLE:
@@ -179,19 +136,8 @@ class HttpPool:
                 return
         conn.close()
 
-    def _connect(self, timeout: float) -> _Connection:
-        try:
-            sock = socket.create_connection((self.host, self.port), timeout=timeout)
-        except OSError as exc:  # refused, unreachable, DNS, connect timeout: nothing was sent
-            raise NotSent(f"{exc.__class__.__name__}: {exc}") from exc
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if self._ssl is not None:
-                sock = self._ssl.wrap_socket(sock, server_hostname=self.host)
-        except OSError as exc:  # TLS handshake failed: no request bytes were sent either
-            sock.close()
-            raise NotSent(f"{exc.__class__.__name__}: {exc}") from exc
-        return _Connection(sock)
+    def _connect(self, timeout: float) -> Connection:
+        return connect(self.host, self.port, timeout=timeout, tls=self._ssl)
 
     def close(self) -> None:
         with self._lock:
@@ -229,43 +175,13 @@ def _proxy_for(base_url: str, scheme: str, host: str, ca_bundle: str | None) -> 
 
 def _read_answer(rfile, method: str) -> tuple[Answer, bool]:
     """Read one answer; returns it and whether the connection can carry another request."""
-    line = rfile.readline(_MAX_LINE + 1)
-    if not line:
-        raise ClosedBeforeAnswer("connection closed before an answer")
-    try:
-        version, status_text = line.split(None, 2)[:2]
-        status = int(status_text)
-    except ValueError:
-        raise BadAnswer(f"bad status line {line[:80]!r}") from None
-    if not version.startswith(b"HTTP/1."):
-        raise BadAnswer(f"bad status line {line[:80]!r}")
-    headers = Headers()
-    for _ in range(_MAX_HEADERS + 1):
-        line = rfile.readline(_MAX_LINE + 1)
-        if line in (b"\r\n", b"\n"):
-            break
-        if not line:
-            raise BadAnswer("connection closed in the headers")
-        name, sep, value = line.decode("latin-1").partition(":")
-        if not sep:
-            raise BadAnswer(f"bad header line {line[:80]!r}")
-        name = name.strip().lower()
-        value = value.strip()
-        headers[name] = f"{headers[name]}, {value}" if name in headers else value
-    else:
-        raise BadAnswer("too many headers")
-    if status == 100:  # a stray "100 Continue": the real answer follows
-        return _read_answer(rfile, method)
-    keep = version == b"HTTP/1.1" and "close" not in headers.get("connection", "").lower()
-    if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
+    version, status, _, headers = read_head(rfile)
+    keep = keeps_alive(version, headers)
+    if has_no_body(method, status):
         content = b""
-    elif "chunked" in headers.get("transfer-encoding", "").lower():
-        content = _read_chunked(rfile)
-    elif "content-length" in headers:
-        try:
-            length = int(headers["content-length"])
-        except ValueError:
-            raise BadAnswer("bad Content-Length") from None
+    elif is_chunked(headers):
+        content = b"".join(iter_chunked(rfile))
+    elif (length := content_length(headers)) is not None:
         content = rfile.read(length)
         if len(content) != length:
             raise BadAnswer(f"answer cut short: {len(content)} of {length} bytes")
@@ -273,26 +189,6 @@ def _read_answer(rfile, method: str) -> tuple[Answer, bool]:
         content = rfile.read()
         keep = False
     return Answer(status, headers, content), keep
-
-
-def _read_chunked(rfile) -> bytes:
-    parts = []
-    while True:
-        line = rfile.readline(_MAX_LINE + 1)
-        if not line:
-            raise BadAnswer("connection closed in a chunked answer")
-        try:
-            size = int(line.split(b";", 1)[0].strip(), 16)
-        except ValueError:
-            raise BadAnswer(f"bad chunk size {line[:40]!r}") from None
-        if size == 0:
-            while rfile.readline(_MAX_LINE + 1) not in (b"\r\n", b"\n", b""):  # trailers
-                pass
-            return b"".join(parts)
-        chunk = rfile.read(size)
-        if len(chunk) != size or rfile.readline(_MAX_LINE + 1) not in (b"\r\n", b"\n"):
-            raise BadAnswer("chunked answer cut short")
-        parts.append(chunk)
 
 
 _pools: dict[tuple[int, str], HttpPool] = {}
