@@ -522,7 +522,9 @@ class Stack:
 def _fake_feishu_main(port: int, dump: Path) -> None:
     """Serve tests.fakes.feishu.FakeFeishu; on SIGUSR1 write its recorded requests to ``dump``."""
     from tests.fakes.feishu import FakeFeishu
+    from tests.fakes.llm import fast_event_loop
 
+    fast_event_loop()
     fake = FakeFeishu(port=port).start()
     print(f"fake Feishu on {fake.base_url}, dump on SIGUSR1 to {dump}", flush=True)
     wake = threading.Event()

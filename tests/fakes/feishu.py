@@ -51,6 +51,7 @@ from tests.fakes.feishu_data import (
     DEFAULT_DOCS,
 )
 from tests.fakes.feishu_http import HttpAnswer, HttpRequest, HttpServer, json_answer, parse_multipart, serve
+from tests.fakes.llm import fast_event_loop
 
 
 @dataclass
@@ -482,6 +483,7 @@ def main() -> None:
     parser.add_argument("--app", action="append", default=[], metavar="APP_ID:SECRET", help="register an app (strict)")
     parser.add_argument("--tls", metavar="DIR", help="serve https with a self-signed certificate written to DIR")
     args = parser.parse_args()
+    fast_event_loop()
     context = None
     if args.tls:
         cert, key = self_signed_certificate(args.tls)

@@ -385,6 +385,15 @@ def _error(status: int, message: str, kind: str) -> web.Response:
     return web.json_response({"error": {"message": message, "type": kind, "param": None, "code": None}}, status=status)
 
 
+def fast_event_loop() -> None:
+    """uvloop for this process's event loops where it is installed: run as its own process (dev
+    server, benchmarks), a fake shares the machine's CPUs with the platform it serves."""
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="Scripted OpenAI-compatible LLM (offline demo model).")
     parser.add_argument("--host", default="127.0.0.1")
@@ -403,6 +412,7 @@ def main() -> None:
             chunk_chars=args.chunk_chars or Reply.chunk_chars,
         )
     print(f"fake LLM ({DEMO_MODEL}) on http://{args.host}:{args.port}/v1", flush=True)
+    fast_event_loop()
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(server._serve(args.host, args.port, None))
 
