@@ -16,6 +16,8 @@ from __future__ import annotations
 import select
 import socket
 import ssl
+import threading
+import time
 from collections.abc import Iterator
 
 MAX_LINE = 65536
@@ -72,6 +74,43 @@ class Connection:
             return not poller.poll(0)
         except (OSError, ValueError):
             return False
+
+
+class IdleConnections:
+    """Kept-alive connections waiting for their next request, newest first. Thread-safe."""
+
+    def __init__(self, *, limit: int, idle_seconds: float) -> None:
+        self.limit = limit
+        self.idle_seconds = idle_seconds
+        self._idle: list[Connection] = []
+        self._lock = threading.Lock()
+
+    def take(self) -> Connection | None:
+        """A usable idle connection (marked reused), or None; unusable ones are closed on the way."""
+        now = time.monotonic()
+        while True:
+            with self._lock:
+                conn = self._idle.pop() if self._idle else None
+            if conn is None:
+                return None
+            if conn.usable(now, self.idle_seconds):
+                conn.reused = True
+                return conn
+            conn.close()
+
+    def put(self, conn: Connection) -> None:
+        conn.idle_since = time.monotonic()
+        with self._lock:
+            if len(self._idle) < self.limit:
+                self._idle.append(conn)
+                return
+        conn.close()
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
 
 
 def connect(host: str, port: int, *, timeout: float, tls: ssl.SSLContext | None) -> Connection:

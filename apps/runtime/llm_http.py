@@ -21,7 +21,6 @@ from __future__ import annotations
 import socket
 import ssl
 import threading
-import time
 import urllib.request
 from collections.abc import Iterator
 
@@ -62,7 +61,7 @@ def _timeouts(request: httpx2.Request) -> tuple[float | None, float | None, floa
 class LeanTransport(httpx2.BaseTransport):
     def __init__(self, *, tls: ssl.SSLContext) -> None:
         self._tls = tls
-        self._idle: dict[tuple[str, str, int], list[http1.Connection]] = {}
+        self._pools: dict[tuple[str, str, int], http1.IdleConnections] = {}
         self._lock = threading.Lock()
 
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:
@@ -114,44 +113,33 @@ class LeanTransport(httpx2.BaseTransport):
         )
 
     # --- the pool ---------------------------------------------------------------------------------
-    def _checkout(self, key: tuple[str, str, int], timeout: float | None, request) -> http1.Connection:
-        now = time.monotonic()
-        while True:
+    def _idle_for(self, key: tuple[str, str, int]) -> http1.IdleConnections:
+        idle = self._pools.get(key)
+        if idle is None:
             with self._lock:
-                idle = self._idle.get(key)
-                conn = idle.pop() if idle else None
-            if conn is None:
-                return self._connect(key, timeout, request)
-            if conn.usable(now, IDLE_SECONDS):
-                conn.reused = True
-                return conn
-            conn.close()
+                idle = self._pools.setdefault(key, http1.IdleConnections(limit=MAX_IDLE, idle_seconds=IDLE_SECONDS))
+        return idle
+
+    def _checkout(self, key: tuple[str, str, int], timeout: float | None, request) -> http1.Connection:
+        return self._idle_for(key).take() or self._connect(key, timeout, request)
 
     def _connect(self, key: tuple[str, str, int], timeout: float | None, request) -> http1.Connection:
         scheme, host, port = key
         try:
             return http1.connect(host, port, timeout=timeout, tls=self._tls if scheme == "https" else None)
         except http1.NotSent as exc:
-            cause = exc.__cause__
-            if isinstance(cause, TimeoutError):
+            if isinstance(exc.__cause__, TimeoutError):
                 raise httpx2.ConnectTimeout(str(exc), request=request) from exc
             raise httpx2.ConnectError(str(exc), request=request) from exc
 
     def checkin(self, key: tuple[str, str, int], conn: http1.Connection) -> None:
-        conn.idle_since = time.monotonic()
-        with self._lock:
-            idle = self._idle.setdefault(key, [])
-            if len(idle) < MAX_IDLE:
-                idle.append(conn)
-                return
-        conn.close()
+        self._idle_for(key).put(conn)
 
     def close(self) -> None:
         with self._lock:
-            pools, self._idle = self._idle, {}
+            pools, self._pools = self._pools, {}
         for idle in pools.values():
-            for conn in idle:
-                conn.close()
+            idle.close()
 
 
 class _Body(httpx2.SyncByteStream):

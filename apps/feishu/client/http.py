@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import ssl
 import threading
-import time
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from omniagent.http1 import (
     ClosedBeforeAnswer,
     Connection,
     Headers,
+    IdleConnections,
     NotSent,
     connect,
     content_length,
@@ -71,8 +71,7 @@ class HttpPool:
         self.base_url = base_url.rstrip("/")
         # like requests: the bundle from the environment, else certifi's
         self._ssl = ssl.create_default_context(cafile=ca_bundle or certifi.where()) if self.https else None
-        self._idle: list[Connection] = []
-        self._lock = threading.Lock()
+        self._idle = IdleConnections(limit=_MAX_IDLE, idle_seconds=_IDLE_SECONDS)
         self._proxy = _proxy_for(base_url, parts.scheme, self.host, ca_bundle)
 
     # --- one exchange ---------------------------------------------------------------------------
@@ -117,33 +116,16 @@ class HttpPool:
     # --- the pool ---------------------------------------------------------------------------
 
     def _checkout(self, connect_timeout: float) -> Connection:
-        now = time.monotonic()
-        while True:
-            with self._lock:
-                conn = self._idle.pop() if self._idle else None
-            if conn is None:
-                return self._connect(connect_timeout)
-            if conn.usable(now, _IDLE_SECONDS):
-                conn.reused = True
-                return conn
-            conn.close()
+        return self._idle.take() or self._connect(connect_timeout)
 
     def _checkin(self, conn: Connection) -> None:
-        conn.idle_since = time.monotonic()
-        with self._lock:
-            if len(self._idle) < _MAX_IDLE:
-                self._idle.append(conn)
-                return
-        conn.close()
+        self._idle.put(conn)
 
     def _connect(self, timeout: float) -> Connection:
         return connect(self.host, self.port, timeout=timeout, tls=self._ssl)
 
     def close(self) -> None:
-        with self._lock:
-            idle, self._idle = self._idle, []
-        for conn in idle:
-            conn.close()
+        self._idle.close()
 
     # --- through a proxy ---------------------------------------------------------------------------
 
