@@ -100,7 +100,11 @@ class LeanTransport(httpx2.BaseTransport):
                 conn.close()
                 raise
         no_body = http1.has_no_body(request.method, status)
-        body = _Body(self, key, conn, request, headers, keep=http1.keeps_alive(version, headers), no_body=no_body)
+        try:
+            body = _Body(self, key, conn, request, headers, keep=http1.keeps_alive(version, headers), no_body=no_body)
+        except http1.BadAnswer as exc:  # a Content-Length we cannot read
+            conn.close()
+            raise _mapped(exc, request) from exc
         return httpx2.Response(
             status_code=status,
             headers=list(headers.items()),

@@ -120,3 +120,8 @@ def test_the_sdk_sees_its_own_errors_for_refused_silent_and_cut_answers():
     with pytest.raises(httpx2.RemoteProtocolError), _client(cut).stream("GET", "/cut") as answer:
         list(answer.iter_raw())
     cut.close()
+
+    garbled = ScriptedServer([(b"HTTP/1.1 200 OK\r\nContent-Length: many\r\n\r\n", True)])
+    with pytest.raises(httpx2.RemoteProtocolError):
+        _client(garbled).get("/garbled")
+    garbled.close()
