@@ -38,9 +38,11 @@ logger = structlog.get_logger(__name__)
 RETRIES = 2  # per model, for transient errors only
 BACKOFF_BASE = 0.5
 
-# httpx's connection pool scans every connection it holds on each request and each close (with a
-# readability syscall per idle one): one pool serving a process's hundreds of turn threads made that
-# scan a visible share of a turn's CPU. Threads are spread over this many clients (pools) instead.
+# httpcore's connection pool (httpx's own transport, still used behind a proxy: see llm_http) scans
+# every connection it holds on each request and each close (with a readability syscall per idle one):
+# one pool serving a process's hundreds of turn threads made that scan a visible share of a turn's
+# CPU. Threads are spread over this many clients (pools) instead. The lean transport checks only the
+# connection it takes, so for it the shards only spread the pool's lock.
 CLIENT_SHARDS = 8
 
 _clients: dict[tuple[str, str, int], openai.OpenAI] = {}
