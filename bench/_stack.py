@@ -142,11 +142,31 @@ def tree_memory(pid: int, pids: list[int] | None = None, *, with_pss: bool = Tru
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def _machine_busy_jiffies() -> int:
+def _machine_jiffies() -> tuple[int, int]:
+    """(busy, stolen) jiffies of the whole machine since boot. Stolen: time the hypervisor ran someone
+    else on our virtual CPUs while they had work (a VM's "slow phases")."""
     with open("/proc/stat") as f:
         fields = [int(x) for x in f.readline().split()[1:]]
     idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    return sum(fields[:8]) - idle
+    steal = fields[7] if len(fields) > 7 else 0
+    return sum(fields[:8]) - idle - steal, steal
+
+
+def _machine_busy_jiffies() -> int:
+    return _machine_jiffies()[0]
+
+
+def machine_speed_ms(rounds: int = 10) -> float:
+    """Wall milliseconds a fixed pure-Python workload takes, best of ``rounds``: this VM's speed drifts
+    by tens of percent within minutes, so runs compare only at similar values."""
+    best = float("inf")
+    for _ in range(rounds):
+        started = time.perf_counter()
+        table = {}
+        for i in range(200_000):
+            table[i & 1023] = i * i
+        best = min(best, time.perf_counter() - started)
+    return round(best * 1000, 1)
 
 
 def _tree_jiffies(pid: int) -> int:
@@ -178,7 +198,8 @@ class CpuWindow:
     cpu_seconds: dict[str, float] = field(default_factory=dict)
     ours_cores: float = 0.0
     others_cores: float = 0.0
-    _start: tuple[float, int, dict[str, int]] | None = None
+    stolen_cores: float = 0.0
+    _start: tuple[float, tuple[int, int], dict[str, int]] | None = None
 
     def _read(self) -> dict[str, int]:
         values = {name: _tree_jiffies(pid) for name, pid in self.procs.items()}
@@ -186,13 +207,15 @@ class CpuWindow:
         return values
 
     def __enter__(self) -> CpuWindow:
-        self._start = (time.monotonic(), _machine_busy_jiffies(), self._read())
+        self._start = (time.monotonic(), _machine_jiffies(), self._read())
         return self
 
     def __exit__(self, *exc: object) -> None:
-        t0, busy0, ours0 = self._start
+        t0, (busy0, steal0), ours0 = self._start
         self.seconds = time.monotonic() - t0
-        busy = (_machine_busy_jiffies() - busy0) / CLK_TCK
+        busy_now, steal_now = _machine_jiffies()
+        busy = (busy_now - busy0) / CLK_TCK
+        self.stolen_cores = round((steal_now - steal0) / CLK_TCK / self.seconds, 2)
         now = self._read()
         self.cpu_seconds = {name: round((now[name] - ours0.get(name, 0)) / CLK_TCK, 2) for name in now}
         ours = sum(self.cpu_seconds.values())
@@ -204,6 +227,7 @@ class CpuWindow:
             "seconds": round(self.seconds, 1),
             "ours_cores": self.ours_cores,
             "others_cores": self.others_cores,
+            "stolen_cores": self.stolen_cores,
             "cpu_seconds": self.cpu_seconds,
         }
 

@@ -47,7 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench._stack import OUT, FakeFeishuProc, Stack, wait_for_quiet  # noqa: E402
+from bench._stack import OUT, FakeFeishuProc, Stack, machine_speed_ms, wait_for_quiet  # noqa: E402
 
 RESULTS_MD = ROOT / "bench" / "RESULTS.md"
 ENCRYPT_KEY = "benchEncryptKey0123456789abcdef"
@@ -522,7 +522,9 @@ def markdown(report: dict) -> str:
             f"{c['webhook_ack_ms']['p99']} ms; last ack {c['last_ack_after_first_send_s']} s after the first send; "
             f"per message, send → answer complete p50 {a['p50']} ms / p99 {a['p99']} ms / max {a['max']} ms; "
             f"turn statuses {c['turn_statuses']}; turns saved {c['turns_finished_after_last_send_s']} s after the "
-            f"last send; CPU {c['cpu']['ours_cores']} cores ours, {c['cpu']['others_cores']} cores other processes."
+            f"last send; CPU {c['cpu']['ours_cores']} cores ours, {c['cpu']['others_cores']} cores other processes, "
+            f"{c['cpu'].get('stolen_cores', 0)} cores taken by the host (steal); machine speed before the phase: "
+            f"{report['machine'].get('speed_ms')} ms for the fixed loop of `machine_speed_ms` (lower is faster)."
         )
         per = c["cpu_ms_per_conversation"]
         lines.append(
@@ -652,6 +654,7 @@ def main() -> int:
                 report["notes"].append("warm-up messages were not all answered before the timeout")
         if args.wait_quiet:
             report["machine"]["busy_cores_before"] = round(wait_for_quiet(max_cores=0.3, timeout=args.wait_quiet), 2)
+        report["machine"]["speed_ms"] = machine_speed_ms()
         with stack.sampler() as sampler:
             if not args.skip_concurrency:
                 with stack.cpu_window() as cpu:
