@@ -125,3 +125,26 @@ def test_the_sdk_sees_its_own_errors_for_refused_silent_and_cut_answers():
     with pytest.raises(httpx2.RemoteProtocolError):
         _client(garbled).get("/garbled")
     garbled.close()
+
+
+def test_it_speaks_tls_and_checks_the_certificate(tmp_path, db):
+    import ssl
+
+    from tests.fakes.feishu import FakeFeishu, self_signed_certificate
+
+    cert, key = self_signed_certificate(str(tmp_path))
+    server_side = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_side.load_cert_chain(cert, key)
+    fake = FakeFeishu(ssl_context=server_side).start()
+    try:
+        fake.add_app("cli_llm_tls", "s3cret")
+        path = "/open-apis/auth/v3/tenant_access_token/internal"
+        body = {"app_id": "cli_llm_tls", "app_secret": "s3cret"}
+        trusting = ssl.create_default_context(cafile=cert)
+        answer = httpx2.Client(transport=LeanTransport(tls=trusting)).post(fake.base_url + path, json=body)
+        assert fake.base_url.startswith("https://") and answer.json()["code"] == 0
+
+        with pytest.raises(httpx2.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+            httpx2.Client(transport=LeanTransport(tls=llm._tls_context())).post(fake.base_url + path, json=body)
+    finally:
+        fake.stop()
