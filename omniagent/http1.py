@@ -18,7 +18,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 MAX_LINE = 65536
 MAX_HEADERS = 100
@@ -173,6 +173,37 @@ def read_head(rfile) -> tuple[bytes, int, str, Headers]:
     return version, status, reason, headers
 
 
+def exchange(
+    conn: Connection,
+    wire: bytes,
+    *,
+    reconnect: Callable[[], Connection],
+    write_timeout: float | None,
+    read_timeout: float | None,
+) -> tuple[Connection, tuple[bytes, int, str, Headers]]:
+    """Send `wire` (head and body) on `conn` and read the answer's head: (the connection used, head).
+
+    A kept connection the server closed while it sat idle (the close crossed our request; the
+    readability check cannot see a FIN still in flight) did not read the request, so it goes once
+    more on a new connection from `reconnect()`, as browsers and urllib3's pools do. The connection
+    is closed on any failure; the exception is raised as it came.
+    """
+    while True:
+        try:
+            conn.sock.settimeout(write_timeout)
+            conn.sock.sendall(wire)
+            conn.sock.settimeout(read_timeout)
+            return conn, read_head(conn.rfile)
+        except (ClosedBeforeAnswer, BrokenPipeError, ConnectionResetError):
+            conn.close()
+            if not conn.reused:
+                raise
+            conn = reconnect()
+        except BaseException:
+            conn.close()
+            raise
+
+
 def keeps_alive(version: bytes, headers: Headers) -> bool:
     return version == b"HTTP/1.1" and "close" not in headers.get("connection", "").lower()
 
@@ -182,8 +213,9 @@ def has_no_body(method: str, status: int) -> bool:
 
 
 def content_length(headers: Headers) -> int | None:
-    """The declared length; None when the body is chunked or runs until the server closes."""
-    if "chunked" in headers.get("transfer-encoding", "").lower() or "content-length" not in headers:
+    """The declared length of a body that is not chunked (check `is_chunked` first); None when it runs
+    until the server closes."""
+    if "content-length" not in headers:
         return None
     try:
         length = int(headers["content-length"])

@@ -78,27 +78,16 @@ class LeanTransport(httpx2.BaseTransport):
             [(k, v) for k, v in sending if k.lower() != "host"],
         )
         wire = head + b"".join(request.stream)
-        conn = self._checkout(key, connect_timeout, request)
-        while True:
-            try:
-                conn.sock.settimeout(write_timeout)
-                conn.sock.sendall(wire)
-                conn.sock.settimeout(read_timeout)
-                version, status, reason, headers = http1.read_head(conn.rfile)
-                break
-            except (http1.ClosedBeforeAnswer, BrokenPipeError, ConnectionResetError) as exc:
-                conn.close()
-                # A kept connection the server closed while it sat idle: the request was not read, so
-                # it goes once more on a new connection (as apps.feishu.client.http does).
-                if not conn.reused:
-                    raise httpx2.RemoteProtocolError(str(exc), request=request) from exc
-                conn = self._connect(key, connect_timeout, request)
-            except OSError as exc:
-                conn.close()
-                raise _mapped(exc, request) from exc
-            except BaseException:
-                conn.close()
-                raise
+        try:
+            conn, (version, status, reason, headers) = http1.exchange(
+                self._checkout(key, connect_timeout, request),
+                wire,
+                reconnect=lambda: self._connect(key, connect_timeout, request),
+                write_timeout=write_timeout,
+                read_timeout=read_timeout,
+            )
+        except OSError as exc:
+            raise _mapped(exc, request) from exc
         no_body = http1.has_no_body(request.method, status)
         try:
             body = _Body(self, key, conn, request, headers, keep=http1.keeps_alive(version, headers), no_body=no_body)
@@ -155,8 +144,8 @@ class _Body(httpx2.SyncByteStream):
         self._conn: http1.Connection | None = conn
         self._request = request
         self._chunked = not no_body and http1.is_chunked(headers)
-        self.length = 0 if no_body else None if self._chunked else http1.content_length(headers)
-        self._keep = keep and (self._chunked or self.length is not None)
+        self._length = 0 if no_body else None if self._chunked else http1.content_length(headers)
+        self._keep = keep and (self._chunked or self._length is not None)
         self._done = False
 
     def __iter__(self) -> Iterator[bytes]:
@@ -166,12 +155,12 @@ class _Body(httpx2.SyncByteStream):
         try:
             if self._chunked:
                 yield from http1.iter_chunked(conn.rfile)
-            elif self.length is not None:
-                left = self.length
+            elif self._length is not None:
+                left = self._length
                 while left:
                     block = conn.rfile.read1(min(left, READ_BLOCK))
                     if not block:
-                        raise http1.BadAnswer(f"answer cut short: {self.length - left} of {self.length} bytes")
+                        raise http1.BadAnswer(f"answer cut short: {self._length - left} of {self._length} bytes")
                     left -= len(block)
                     yield block
             else:  # until the server closes

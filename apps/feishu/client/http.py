@@ -1,8 +1,7 @@
 """A small keep-alive HTTP/1.1 client for the Feishu Open API: the cheapest way we measured to make a call.
 
-Per call, requests + urllib3 + http.client cost ~0.3–0.6 ms of CPU (header objects, email-parser
-header parsing, URL re-parsing, adapter bookkeeping); writing the request in one `sendall` and reading
-the answer with a few `readline`s costs ~0.04 ms. The Open API needs little of HTTP: JSON or multipart
+Per call, requests + urllib3 + http.client cost ~0.3–0.6 ms of CPU; the plain-socket HTTP/1.1 of
+omniagent.http1 costs ~0.04 ms. The Open API needs little of HTTP: JSON or multipart
 bodies with Content-Length, answers with Content-Length or chunked, no redirects, no cookies, no
 compression (we never ask for it). Connections are pooled per process and base URL; one that sat idle
 too long or that the server closed is dropped before it is used. Through an HTTP(S) proxy from the
@@ -27,18 +26,17 @@ import urllib3
 
 from omniagent.http1 import (
     BadAnswer,
-    ClosedBeforeAnswer,
     Connection,
     Headers,
     IdleConnections,
     NotSent,
     connect,
     content_length,
+    exchange,
     has_no_body,
     is_chunked,
     iter_chunked,
     keeps_alive,
-    read_head,
     request_head,
 )
 
@@ -83,24 +81,18 @@ class HttpPool:
         if self._proxy is not None:
             return self._via_proxy(method, target, headers=headers, body=body, timeout=timeout)
         head = self._head(method, target, headers, body)
-        conn = self._checkout(timeout[0])
-        while True:
-            try:
-                conn.sock.settimeout(timeout[1])
-                conn.sock.sendall(head + body if body else head)
-                answer, keep = _read_answer(conn.rfile, method)
-                break
-            except (ClosedBeforeAnswer, BrokenPipeError, ConnectionResetError):
-                conn.close()
-                # A kept connection the server closed while it sat idle (the close crossed our request;
-                # the readability check cannot see a FIN still in flight): the request was not read,
-                # so it goes once more on a new connection, as browsers and urllib3's pools do.
-                if not conn.reused:
-                    raise
-                conn = self._connect(timeout[0])
-            except BaseException:
-                conn.close()
-                raise
+        conn, (version, status, _, answer_headers) = exchange(
+            self._checkout(timeout[0]),
+            head + body if body else head,
+            reconnect=lambda: self._connect(timeout[0]),
+            write_timeout=timeout[1],
+            read_timeout=timeout[1],
+        )
+        try:
+            answer, keep = _read_body(conn.rfile, method, version, status, answer_headers)
+        except BaseException:
+            conn.close()
+            raise
         if keep:
             self._checkin(conn)
         else:
@@ -155,9 +147,8 @@ def _proxy_for(base_url: str, scheme: str, host: str, ca_bundle: str | None) -> 
     return urllib3.ProxyManager(proxy, maxsize=_MAX_IDLE, **kwargs)
 
 
-def _read_answer(rfile, method: str) -> tuple[Answer, bool]:
-    """Read one answer; returns it and whether the connection can carry another request."""
-    version, status, _, headers = read_head(rfile)
+def _read_body(rfile, method: str, version: bytes, status: int, headers: Headers) -> tuple[Answer, bool]:
+    """Read the answer's body; returns the answer and whether the connection can carry another request."""
     keep = keeps_alive(version, headers)
     if has_no_body(method, status):
         content = b""
