@@ -92,14 +92,15 @@ def llm_client(*, base_url: str, api_key: str) -> openai.OpenAI:
         # Built outside the lock: the first construction is slow (imports, TLS context) and threads
         # waiting on a lock here would sit on their DB connections in older code paths.
         # Some self-hosted endpoints take no key; the SDK insists on a non-empty one.
-        transport = transport_for(base_url, _tls_context())
+        tls = _tls_context()
+        transport = transport_for(base_url, tls)
         fresh = _OpenAI(
             base_url=base_url,
             api_key=api_key or "none",
             max_retries=0,
             http_client=openai.DefaultHttpxClient(transport=transport)
             if transport is not None
-            else openai.DefaultHttpxClient(verify=_tls_context()),
+            else openai.DefaultHttpxClient(verify=tls),
         )
         with _clients_lock:
             client = _clients.setdefault(key, fresh)
