@@ -254,7 +254,7 @@ def test_the_cached_statement_is_what_djangos_compiler_builds(db, answered, monk
     from django.db.models.expressions import RawSQL
     from django.utils import timezone
 
-    from apps.feishu import ingest
+    from apps.feishu import ingest, ingest_store
     from apps.feishu.normalize import message_normalize
 
     now = timezone.now()
@@ -276,12 +276,12 @@ def test_the_cached_statement_is_what_djangos_compiler_builds(db, answered, monk
             agent_id=1 if answered else None, now=now,
         )  # fmt: skip
         message.conversation_id = RawSQL('(SELECT "id" FROM conv)', ())
-        fields = ingest._conversation_update_fields(conversation)
-        assert same(ingest._insert_sql_cached(event), ingest._insert_sql(event))
-        assert same(ingest._insert_sql_cached(message), ingest._insert_sql(message))
+        fields = ingest_store.conversation_update_fields(conversation)
+        assert same(ingest_store.insert_sql_cached(event), ingest_store.insert_sql(event))
+        assert same(ingest_store.insert_sql_cached(message), ingest_store.insert_sql(message))
         assert same(
-            ingest._insert_sql_cached(conversation, update_fields=fields, unique_fields=["key"]),
-            ingest._insert_sql(conversation, update_fields=fields, unique_fields=["key"]),
+            ingest_store.insert_sql_cached(conversation, update_fields=fields, unique_fields=["key"]),
+            ingest_store.insert_sql(conversation, update_fields=fields, unique_fields=["key"]),
         )
 
 
