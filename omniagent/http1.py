@@ -39,7 +39,7 @@ class ClosedBeforeAnswer(BadAnswer):
 class Headers(dict):
     """Response headers with lower-cased names; `get`/`[]` accept any case."""
 
-    def get(self, key: str, default=None):  # type: ignore[override]
+    def get(self, key: str, default=None):
         return super().get(key.lower(), default)
 
     def __getitem__(self, key: str) -> str:
@@ -113,7 +113,7 @@ class IdleConnections:
             conn.close()
 
 
-def connect(host: str, port: int, *, timeout: float, tls: ssl.SSLContext | None) -> Connection:
+def connect(host: str, port: int, *, timeout: float | None, tls: ssl.SSLContext | None) -> Connection:
     """A new connection (TLS with `tls`); `NotSent` if it could not be made."""
     try:
         sock = socket.create_connection((host, port), timeout=timeout)

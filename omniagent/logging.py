@@ -30,7 +30,7 @@ def _drop_secrets(_logger, _name, event_dict):
 
 
 def configure_logging(*, fmt: str, level: str) -> None:
-    shared = [
+    shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,

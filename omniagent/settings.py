@@ -9,6 +9,7 @@ and Celery broker; SECRET_KEY and OMNIAGENT_ENCRYPTION_KEYS are then required.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import dj_database_url
@@ -35,7 +36,7 @@ REAL_MODE = DATABASE_URL is not None
 EMBEDDED = DATABASE_URL is None and REDIS_URL is None
 
 
-def _local_secret(filename: str, make: callable, variable: str) -> str:
+def _local_secret(filename: str, make: Callable[[], str], variable: str) -> str:
     """Generate a secret once into the data folder; only the embedded default may do this."""
     path = DATA_DIR / filename
     if path.exists():
@@ -151,7 +152,7 @@ else:
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
-            "NAME": DATA_DIR / "omniagent.sqlite3",
+            "NAME": str(DATA_DIR / "omniagent.sqlite3"),
             "OPTIONS": {"transaction_mode": "IMMEDIATE", "timeout": 20, "init_command": "PRAGMA journal_mode=WAL;"},
         }
     }

@@ -18,7 +18,7 @@ import hashlib
 import uuid
 from typing import Any
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import AnonymousUser, User
 from django.db import models
 
 from apps.audit.models import AuditLog
@@ -89,7 +89,7 @@ def audit_diff(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
 def audit_record(
     *,
     tenant: Tenant | None,
-    actor: AbstractBaseUser | None = None,
+    actor: User | AnonymousUser | None = None,
     actor_label: str = "",
     action: str,
     obj: models.Model,
@@ -103,13 +103,14 @@ def audit_record(
     """
     if action not in AuditLog.Action.values:
         raise ValueError(f"unknown audit action {action!r}")
-    label = actor_label or (actor.get_username() if actor is not None and actor.is_authenticated else "")
+    user = actor if isinstance(actor, User) else None  # an anonymous request acts as nobody
+    label = actor_label or (user.get_username() if user is not None else "")
     safe_changes = {
         name: SECRET_MARK if isinstance(value, _SecretDigest) else value for name, value in (changes or {}).items()
     }
     return AuditLog.objects.create(
         tenant=tenant,
-        actor=actor if actor is not None and actor.is_authenticated else None,
+        actor=user,
         actor_label=label[:150] or "unknown",
         action=action,
         object_type=obj._meta.label,

@@ -7,16 +7,18 @@ from django.contrib import admin
 from apps.bindings.models import Binding
 from omniagent.admin.options import TenantScopedAdmin, TenantScopedInline
 
+_INLINE_FIELDS: tuple[str, ...] = ("chat_type", "chat_id", "user_open_id", "require_mention", "priority", "is_enabled")
+
 
 class _BindingInline(TenantScopedInline):
     model = Binding
-    fields = ("chat_type", "chat_id", "user_open_id", "require_mention", "priority", "is_enabled")
+    fields = _INLINE_FIELDS
     show_change_link = True
 
 
 class BindingUnderBotInline(_BindingInline):
     fk_name = "bot"
-    fields = ("agent", *_BindingInline.fields)
+    fields = ("agent", *_INLINE_FIELDS)
 
     def get_queryset(self, request):
         return super().get_queryset(request).select_related("agent")
@@ -24,7 +26,7 @@ class BindingUnderBotInline(_BindingInline):
 
 class BindingUnderAgentInline(_BindingInline):
     fk_name = "agent"
-    fields = ("bot", *_BindingInline.fields)
+    fields = ("bot", *_INLINE_FIELDS)
 
     def get_queryset(self, request):
         return super().get_queryset(request).select_related("bot")

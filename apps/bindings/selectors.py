@@ -12,11 +12,16 @@ from apps.bots.models import Bot
 
 
 class _BindingLike(Protocol):
-    pk: int
-    chat_type: str
-    chat_id: str
-    user_open_id: str
-    priority: int
+    @property
+    def pk(self) -> int: ...
+    @property
+    def chat_type(self) -> str: ...
+    @property
+    def chat_id(self) -> str: ...
+    @property
+    def user_open_id(self) -> str: ...
+    @property
+    def priority(self) -> int: ...
 
 
 B = TypeVar("B", bound=_BindingLike)

@@ -110,8 +110,9 @@ def _stored_payload(payload: dict) -> dict:
 
 
 def _age_seconds(header: dict) -> float | None:
+    raw: Any = header.get("create_time")  # a string of milliseconds, when Feishu sends it
     try:
-        created_ms = int(header.get("create_time"))
+        created_ms = int(raw)
     except (TypeError, ValueError):
         return None
     return time.time() - created_ms / 1000
@@ -351,15 +352,15 @@ def _toast(kind: str, content: str) -> dict:
 
 def _card_action_ingest(*, bot: Bot, header: dict, payload: dict, source: str, trace_id: str) -> IngestResult:
     event = payload.get("event") or {}
-    action = event.get("action") if isinstance(event.get("action"), dict) else {}
-    value = action.get("value")
+    action, operator = event.get("action"), event.get("operator")
+    value = action.get("value") if isinstance(action, dict) else None
     if not isinstance(value, dict):
         value = {}
     feedback = value.get("feedback")
-    operator = event.get("operator") if isinstance(event.get("operator"), dict) else {}
-    operator_open_id = str(operator.get("open_id") or "")[:64]
+    operator_open_id = str(operator.get("open_id") or "")[:64] if isinstance(operator, dict) else ""
+    raw_id = value.get("message_id")
     try:
-        message_pk = int(value.get("message_id"))
+        message_pk = int(raw_id) if raw_id is not None else None
     except (TypeError, ValueError):
         message_pk = None
     is_feedback = feedback in (Message.Feedback.UP, Message.Feedback.DOWN) and message_pk is not None

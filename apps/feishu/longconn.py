@@ -70,7 +70,9 @@ class IngestEventHandler:
 
         try:
             bot = Bot.objects.get(pk=self.bot_id)
-            header = payload.get("header") if isinstance(payload.get("header"), dict) else {}
+            header = payload.get("header")
+            if not isinstance(header, dict):
+                header = {}
             if payload.get("schema") != "2.0" or header.get("app_id") not in (None, "", bot.app_id):
                 logger.warning("feishu.longconn_event_rejected", bot_id=self.bot_id, reason="schema or app_id")
                 return None

@@ -146,14 +146,15 @@ class _Statements:
         if connection.vendor in ("postgresql", "sqlite"):
             columns = ", ".join(q(f.column) for f, _ in self.insert_fields)
             values = ", ".join(["%s"] * len(self.insert_fields))
-            bot, uuid = q(meta.get_field("bot").column), q(meta.get_field("uuid").column)
+            column = {f.name: q(f.column) for f in meta.concrete_fields}
+            bot, uuid = column["bot"], column["uuid"]
             # only names from the model's _meta are interpolated; every value is a parameter
             self.insert = (
                 f"INSERT INTO {q(meta.db_table)} ({columns}) VALUES ({values}) "  # noqa: S608
                 f"ON CONFLICT ({bot}, {uuid}) DO NOTHING RETURNING {q(meta.pk.column)}"
             )
             assigned = ("status", "feishu_message_id", "sent_at", "last_error", "updated_at")
-            sets = ", ".join(f"{q(meta.get_field(name).column)} = %s" for name in assigned)
+            sets = ", ".join(f"{column[name]} = %s" for name in assigned)
             self.mark_sent = f"UPDATE {q(meta.db_table)} SET {sets} WHERE {q(meta.pk.column)} = %s"  # noqa: S608
 
 

@@ -24,6 +24,7 @@ from django.db import InterfaceError, OperationalError, close_old_connections
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
+from psycopg_pool import PoolTimeout
 
 from apps.bots.models import Bot
 from apps.feishu.events import DecryptError, event_decrypt, signature_valid, token_valid
@@ -31,13 +32,9 @@ from apps.feishu.ingest import InvalidEvent, RetryLater, event_ingest
 from apps.transcripts.models import InboundEvent
 from omniagent.metrics import INBOUND_EVENTS
 
-try:  # the pool's own timeout, in case it escapes Django's error wrapping
-    from psycopg_pool import PoolTimeout
-except ImportError:  # pragma: no cover - embedded SQLite install without the pool
-    PoolTimeout = OperationalError
-
 logger = structlog.get_logger(__name__)
 
+# PoolTimeout: the pool's own timeout, in case it escapes Django's error wrapping.
 DB_DOWN = (OperationalError, InterfaceError, PoolTimeout)
 
 

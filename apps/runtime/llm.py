@@ -138,7 +138,7 @@ def _transient(exc: Exception) -> bool:
     return False
 
 
-def _describe(exc: Exception) -> str:
+def _describe(exc: BaseException) -> str:
     if isinstance(exc, openai.APIStatusError):
         return f"HTTP {exc.status_code}: {str(exc.message)[:200]}"
     return f"{type(exc).__name__}: {str(exc)[:200]}"

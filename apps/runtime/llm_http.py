@@ -77,7 +77,7 @@ class LeanTransport(httpx2.BaseTransport):
             next((v for k, v in sending if k.lower() == "host"), url.netloc.decode("ascii")),
             [(k, v) for k, v in sending if k.lower() != "host"],
         )
-        wire = head + b"".join(request.stream)
+        wire = head + request.read()
         try:
             conn, (version, status, reason, headers) = http1.exchange(
                 self._checkout(key, connect_timeout, request),

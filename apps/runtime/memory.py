@@ -11,6 +11,7 @@ a turn has answered (off the user's critical path); BUILD folds too if anything 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -67,7 +68,7 @@ def session_due(*, conversation: Conversation, agent: Agent, message: Message) -
     """Where a new session starts if this message needs one (the first message, or the previous one
     is older than the idle TTL), else None. ``message.previous_at`` (the created_at of the message
     before it, set by the runner's claim) saves the query."""
-    previous = getattr(message, "previous_at", _UNKNOWN)
+    previous: Any = getattr(message, "previous_at", _UNKNOWN)
     if previous is _UNKNOWN:
         previous = (
             Message.objects.filter(
@@ -116,6 +117,7 @@ def history_rounds(*, conversation: Conversation, before_turn_id: int, limit: in
         .order_by("-id")
         .values("pk")[:limit]
     )
+    messages: Iterable[Message]
     if store.fast():
         messages = _history_messages_pg(conversation_id=conversation.pk, before_turn_id=before_turn_id, limit=limit)
     else:  # one query too: the turn ids are a subquery
@@ -126,7 +128,8 @@ def history_rounds(*, conversation: Conversation, before_turn_id: int, limit: in
         )
     by_turn: dict[int, list[Message]] = {}
     for message in messages:
-        by_turn.setdefault(message.turn_id, []).append(message)
+        if message.turn_id is not None:  # always, for a succeeded turn's messages
+            by_turn.setdefault(message.turn_id, []).append(message)
     rounds = []
     for turn_id in sorted(by_turn):
         items = sorted(by_turn[turn_id], key=lambda m: m.role != Message.Role.USER)  # user first

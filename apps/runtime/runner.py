@@ -222,8 +222,13 @@ def _next(
         # The statement itself says whether the lease is still ours; the watchdog's lease_lost flag
         # is not used here: it can be set by a renewal that ran while we had released the lease for
         # a moment, before the look below took it back.
-        timings = {"turn_id": done.turn_id, "timings": done.timings, "duration_ms": done.duration_ms} if done else {}
-        got = store.claim_next(conversation_id=conversation_id, token=token, **timings)
+        got = store.claim_next(
+            conversation_id=conversation_id,
+            token=token,
+            turn_id=done.turn_id if done else None,
+            timings=done.timings if done else None,
+            duration_ms=done.duration_ms if done else None,
+        )
         if not got.leased:
             logger.warning("runner.lease_lost", conversation_id=conversation_id)
             active.lease_lost = True

@@ -48,7 +48,7 @@ def fast() -> bool:
 def _fields(model: type[Model]) -> tuple[list[str], list[tuple[int, Any, list]]]:
     """(attnames, the from-database converters by position) of ``model``'s concrete fields."""
     fields = list(model._meta.concrete_fields)
-    converters = [(i, f, f.get_db_converters(connection)) for i, f in enumerate(fields)]
+    converters = [(i, f, f.get_db_converters(connection)) for i, f in enumerate(fields)]  # type: ignore[attr-defined]
     return [f.attname for f in fields], [c for c in converters if c[2]]
 
 
@@ -80,7 +80,9 @@ def _execute(sql: str, params: dict[str, Any] | tuple, *, many: bool = False):
     connection.ensure_connection()
     explicit_prepare_allow(connection.connection)
     raw = _PreparedCursor(connection.connection)
-    cursor = connection.make_debug_cursor(raw) if connection.queries_logged else connection.make_cursor(raw)
+    # (django-stubs type these as taking a CursorWrapper; Django wraps the raw cursor it is given)
+    wrap = connection.make_debug_cursor if connection.queries_logged else connection.make_cursor
+    cursor = wrap(raw)  # type: ignore[arg-type]
     with cursor:
         cursor.execute(sql, params)
         return cursor.fetchall() if many else cursor.fetchone()

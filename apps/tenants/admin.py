@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 
 from django.contrib import admin, messages
+from django.db.models import Model
 from django.http import HttpRequest
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -43,7 +44,8 @@ class MembershipInline(TenantScopedInline):
             return True
         if obj is None:
             return Role.OWNER.value in access.roles.values()
-        return access.roles.get(owning_tenant_id(obj)) == Role.OWNER.value
+        tenant_id = owning_tenant_id(obj)
+        return tenant_id is not None and access.roles.get(tenant_id) == Role.OWNER.value
 
 
 @admin.register(Tenant)
@@ -107,7 +109,8 @@ class ApiKeyAdmin(TenantScopedAdmin):
     def prefix_display(self, obj: ApiKey) -> str:
         return f"{obj.prefix}…"
 
-    def save_model(self, request: HttpRequest, obj: ApiKey, form, change: bool) -> None:
+    def save_model(self, request: HttpRequest, obj: Model, form, change: bool) -> None:
+        assert isinstance(obj, ApiKey)
         raw = None
         if not change:
             raw = api_key_generate()

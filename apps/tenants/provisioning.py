@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from django.contrib.auth.hashers import check_password
@@ -170,6 +170,9 @@ def _list(value: Any, where: str) -> list:
     return value
 
 
+M = TypeVar("M", bound=models.Model)
+
+
 def _first_message(error: ValidationError) -> str:
     return "; ".join(error.messages)
 
@@ -179,6 +182,8 @@ def _normalise(model: type[models.Model], values: dict, where: str) -> dict:
     result = {}
     for name, raw in values.items():
         model_field = model._meta.get_field(name)
+        if not isinstance(model_field, models.Field):  # a relation's reverse side: nothing to provision
+            raise ProvisionError(f"{where}.{name}: not a field of {model._meta.model_name}")
         if raw is None and model_field.empty_strings_allowed and not model_field.null:
             raw = ""
         try:
@@ -209,13 +214,13 @@ class _Provisioner:
         self,
         *,
         kind: str,
-        model: type[models.Model],
+        model: type[M],
         tenant: Tenant | None,
         where: str,
         lookup: dict,
         values: dict,
         aliases: Mapping[str, str] | None = None,
-    ) -> models.Model:
+    ) -> M:
         obj = model._default_manager.filter(**lookup).first()
         if obj is None:
             obj = model(**lookup, **values)

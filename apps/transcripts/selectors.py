@@ -16,7 +16,7 @@ CHAT_MESSAGE_LIMIT = 500  # newest messages shown on a conversation page; older 
 # The runtime writes them in another order: the assistant row at turn start (so the card's feedback
 # buttons can carry its id), the tool rows when the turn is saved, and a user message queued during an
 # earlier turn has a smaller id than that turn's answer.
-_STEP_RANK = {Message.Role.USER: 0, Message.Role.TOOL: 1, Message.Role.ASSISTANT: 2}
+_STEP_RANK: dict[str, int] = {Message.Role.USER: 0, Message.Role.TOOL: 1, Message.Role.ASSISTANT: 2}
 _OTHER_STEP = 3  # anything else attached to a turn (e.g. a system row) comes after its answer
 
 

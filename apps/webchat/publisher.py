@@ -32,7 +32,7 @@ class _Sender:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.queue: asyncio.Queue | None = None
+        self.queue: asyncio.Queue  # made on the loop (start)
         started = threading.Event()
 
         def start() -> None:

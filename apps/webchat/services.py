@@ -80,7 +80,7 @@ def webchat_message_send(*, user, agent: Agent, conversation: Conversation, text
             content=text,
             trace_id=uuid.uuid4().hex,
         )
-        updates = {"last_activity_at": now}
+        updates: dict[str, object] = {"last_activity_at": now}
         if not conversation.title:
             updates["title"] = f"{agent.name or agent.slug} · {text[:TITLE_CHARS]}"
         Conversation.objects.filter(pk=conversation.pk).update(**updates)

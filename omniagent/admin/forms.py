@@ -53,6 +53,7 @@ class TenantInlineFormSet(forms.BaseInlineFormSet):
     @classmethod
     def get_default_prefix(cls) -> str:
         # Tenant FKs have related_name="+", which leaves Django without a prefix ("-1-0-user").
+        assert cls.model is not None  # set by inlineformset_factory
         return super().get_default_prefix() or f"{cls.model._meta.model_name}s"
 
     def _construct_form(self, i, **kwargs):

@@ -8,6 +8,8 @@ write to. Every add/change/delete made here writes an AuditLog row in the same t
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib import admin
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ImproperlyConfigured
@@ -101,10 +103,10 @@ class TenantScopedAdmin(_ScopingMixin, admin.ModelAdmin):
 
     @staticmethod
     def _make_state_display(name: str):
+        @admin.display(description=name.replace("_", " "))
         def display(obj):
             return secret_state_html(bool(getattr(obj, name, "")) if obj is not None else False)
 
-        display.short_description = name.replace("_", " ")
         return display
 
     # --- what a user may see -------------------------------------------------------------------
@@ -151,7 +153,7 @@ class TenantScopedAdmin(_ScopingMixin, admin.ModelAdmin):
         return access.can_write_any if obj is None else access.can_write(self.tenant_id_of(obj))
 
     def get_changeform_initial_data(self, request: HttpRequest) -> dict:
-        initial = super().get_changeform_initial_data(request)
+        initial: dict[str, Any] = super().get_changeform_initial_data(request)
         writable = tenant_access(request).writable
         if "tenant" not in initial and len(writable) == 1:
             initial["tenant"] = next(iter(writable))

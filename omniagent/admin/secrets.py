@@ -7,6 +7,8 @@ for every EncryptedTextField through `TenantScopedAdmin.formfield_for_dbfield`.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from django import forms
 from django.core.exceptions import ValidationError
 from django.utils.html import format_html
@@ -102,11 +104,17 @@ class SecretField(forms.CharField):
 
     def has_changed(self, initial, data) -> bool:
         if data is CLEAR:
-            return bool(self.widget.is_set)
+            return bool(getattr(self.widget, "is_set", False))
         return bool(data)
 
 
-class SecretFormMixin:
+if TYPE_CHECKING:  # what the mixin is mixed into, for the type checker
+    _ModelForm = forms.ModelForm
+else:
+    _ModelForm = object
+
+
+class SecretFormMixin(_ModelForm):
     """For ModelForms: wires SecretFields to the instance (badge, required only on add, keep on empty)."""
 
     def __init__(self, *args, **kwargs) -> None:

@@ -79,7 +79,7 @@ class HttpPool:
     ) -> Answer:
         """`target` is the path with its query string; returns the whole answer (body read)."""
         if self._proxy is not None:
-            return self._via_proxy(method, target, headers=headers, body=body, timeout=timeout)
+            return self._via_proxy(self._proxy, method, target, headers=headers, body=body, timeout=timeout)
         head = self._head(method, target, headers, body)
         conn, (version, status, _, answer_headers) = exchange(
             self._checkout(timeout[0]),
@@ -122,10 +122,17 @@ class HttpPool:
     # --- through a proxy ---------------------------------------------------------------------------
 
     def _via_proxy(
-        self, method: str, target: str, *, headers: dict[str, str], body: bytes | None, timeout: tuple[float, float]
+        self,
+        proxy: urllib3.ProxyManager,
+        method: str,
+        target: str,
+        *,
+        headers: dict[str, str],
+        body: bytes | None,
+        timeout: tuple[float, float],
     ) -> Answer:
         try:
-            raw = self._proxy.urlopen(
+            raw = proxy.urlopen(
                 method, self.base_url + target, body=body, headers=headers, retries=False, redirect=False,
                 timeout=urllib3.Timeout(connect=timeout[0], read=timeout[1]), preload_content=True,
             )  # fmt: skip
@@ -143,8 +150,7 @@ def _proxy_for(base_url: str, scheme: str, host: str, ca_bundle: str | None) -> 
     proxy = urllib.request.getproxies().get(scheme)
     if not proxy or urllib.request.proxy_bypass(host):
         return None
-    kwargs = {"ca_certs": ca_bundle} if ca_bundle else {}
-    return urllib3.ProxyManager(proxy, maxsize=_MAX_IDLE, **kwargs)
+    return urllib3.ProxyManager(proxy, maxsize=_MAX_IDLE, ca_certs=ca_bundle)
 
 
 def _read_body(rfile, method: str, version: bytes, status: int, headers: Headers) -> tuple[Answer, bool]:

@@ -30,6 +30,8 @@ def lark_light() -> None:
             if name in sys.modules:
                 continue
             spec = importlib.util.find_spec(name)
+            if spec is None:
+                raise ImportError(f"{name} is not installed")
             module = importlib.util.module_from_spec(spec)
             setattr(module, _BARE, True)
             sys.modules[name] = module
@@ -45,7 +47,9 @@ def lark_full() -> ModuleType:
             module = sys.modules.get(name)
             if module is not None and getattr(module, _BARE, False):
                 delattr(module, _BARE)
-                module.__spec__.loader.exec_module(module)
+                spec = module.__spec__
+                assert spec is not None and spec.loader is not None  # lark_light() made it from its spec
+                spec.loader.exec_module(module)
     import lark_oapi
 
     return lark_oapi

@@ -62,6 +62,8 @@ def turn_llm_loop(
     tool_ctx: ToolContext,
 ) -> None:
     """Ask the model, run the tools it calls, ask again; at most agent.max_tool_rounds tool rounds."""
+    llm = state.llm
+    assert llm is not None  # made in BUILD
     schemas = tool_schemas(tools)
     relay = TextRelay(responder)
     for round_no in range(agent.max_tool_rounds + 1):
@@ -75,7 +77,7 @@ def turn_llm_loop(
             relay.push(state.visible)
 
         try:
-            completion = state.llm.chat(messages=chat, tools=offer, on_text=on_text)
+            completion = llm.chat(messages=chat, tools=offer, on_text=on_text)
         finally:
             relay.flush()  # the responder has the latest text before a tool, an error or the end
         state.visible = prefix + completion.text if completion.text else state.visible

@@ -21,6 +21,12 @@ if TYPE_CHECKING:
 
 logger = structlog.get_logger(__name__)
 
+# The user's and the answer's message status for a turn's outcome (any other outcome: failed).
+_MESSAGE_STATUS: dict[str, str] = {
+    Turn.Status.SUCCEEDED: Message.Status.DONE,
+    Turn.Status.CANCELLED: Message.Status.CANCELLED,
+}
+
 
 def rounds_after(history: list[Round] | None, *, message: Message, answer: str) -> list[Round] | None:
     """BUILD's history plus this turn's round: a superset (same order) of what history_rounds would
@@ -79,10 +85,7 @@ def turn_save(
 ) -> None:
     """Write the transcript of the turn in one transaction."""
     calls = state.llm.calls if state.llm else []
-    user_status = {
-        Turn.Status.SUCCEEDED: Message.Status.DONE,
-        Turn.Status.CANCELLED: Message.Status.CANCELLED,
-    }.get(outcome, Message.Status.FAILED)
+    user_status = _MESSAGE_STATUS.get(outcome, Message.Status.FAILED)
     if assistant is not None:
         assistant.content = answer
         assistant.status = user_status

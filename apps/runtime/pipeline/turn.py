@@ -25,6 +25,8 @@ from apps.transcripts.models import Conversation, Message, Turn
 from omniagent import gate
 
 if TYPE_CHECKING:
+    from apps.agents.models import Agent
+    from apps.bindings.models import Binding
     from apps.runtime.watch import ActiveTurn
 
 logger = structlog.get_logger(__name__)
@@ -52,19 +54,16 @@ def message_process(*, message: Message | int, active: ActiveTurn, defer_timings
     ``defer_timings``: return the turn's timings instead of writing them (the runner writes them with
     its next statement).
     """
-    if isinstance(message, int):
-        message = Message.objects.select_related("conversation").get(pk=message)
-    conversation_rows_attach(message.conversation)
-    trace_id = message.trace_id or uuid.uuid4().hex
-    structlog.contextvars.bind_contextvars(
-        trace_id=trace_id, conversation_id=message.conversation_id, message_id=message.pk
-    )
+    row = message if isinstance(message, Message) else Message.objects.select_related("conversation").get(pk=message)
+    conversation_rows_attach(row.conversation)
+    trace_id = row.trace_id or uuid.uuid4().hex
+    structlog.contextvars.bind_contextvars(trace_id=trace_id, conversation_id=row.conversation_id, message_id=row.pk)
     try:
-        name = command_parse(message.content)
+        name = command_parse(row.content)
         if name:
-            command_answer(message=message, name=name, trace_id=trace_id)
+            command_answer(message=row, name=name, trace_id=trace_id)
             return None
-        return turn_run(message=message, active=active, trace_id=trace_id, defer_timings=defer_timings)
+        return turn_run(message=row, active=active, trace_id=trace_id, defer_timings=defer_timings)
     finally:
         structlog.contextvars.unbind_contextvars("trace_id", "conversation_id", "message_id", "turn_id")
 
@@ -112,6 +111,9 @@ def turn_run(*, message: Message, active: ActiveTurn, trace_id: str, defer_timin
     responder: GuardedResponder | None = None
     assistant: Message | None = None
     outcome, error = Turn.Status.SUCCEEDED, None
+    agent: Agent | None
+    binding: Binding | None
+    restore_error: TurnError | None
     with clock.stage("restore"):
         try:
             agent, binding = turn_restore(conversation=conversation, message=message)
@@ -132,7 +134,8 @@ def turn_run(*, message: Message, active: ActiveTurn, trace_id: str, defer_timin
             )
             turn, assistant = rows.turn, rows.assistant
             # Nothing to replay: no earlier message at all, or a session that starts with this one.
-            state.history_empty = message.previous_at is None or session_at == message.created_at
+            previous_at = message.previous_at  # type: ignore[attr-defined]  # set by store.claim
+            state.history_empty = previous_at is None or session_at == message.created_at
         else:
             turn = Turn.objects.create(
                 tenant_id=conversation.tenant_id,
@@ -153,6 +156,7 @@ def turn_run(*, message: Message, active: ActiveTurn, trace_id: str, defer_timin
         with clock.stage("restore"):
             if restore_error is not None:
                 raise restore_error
+            assert agent is not None  # turn_restore either found one or raised
             if assistant is None:
                 session_refresh(conversation=conversation, agent=agent, message=message)
                 assistant = Message.objects.create(
@@ -247,11 +251,12 @@ def turn_run(*, message: Message, active: ActiveTurn, trace_id: str, defer_timin
         elif outcome == Turn.Status.CANCELLED:
             responder.on_cancelled()
         else:
+            assert error is not None  # a failed turn has its error
             responder.on_error(error.code, error.user_text)
         gate.answered()  # removing the reaction and the rest wait behind turns still answering
         responder.close()
     duration_ms = int((time.monotonic() - started) * 1000)
-    if outcome == Turn.Status.SUCCEEDED and state.llm is not None:
+    if outcome == Turn.Status.SUCCEEDED and state.llm is not None and agent is not None:
         turn_memory_compact(
             turn=turn,
             conversation=conversation,

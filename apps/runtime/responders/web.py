@@ -49,6 +49,12 @@ class WebResponder(Responder):
         self._latest = ""
         self._last_publish = 0.0
 
+    @property
+    def _turn(self) -> int:
+        """The id a turn's own events carry (only a command's notice comes without a turn)."""
+        assert self.turn_id is not None
+        return self.turn_id
+
     def _publish(self, event: ServerEvent, *, last: bool = False) -> None:
         # The last event waits until everything before it went out, so nothing is lost if the
         # worker stops right after the turn.
@@ -62,14 +68,14 @@ class WebResponder(Responder):
         if text == self._sent:
             return
         if text.startswith(self._sent):
-            self._publish(TextDelta(type="text.delta", turn_id=self.turn_id, delta=text[len(self._sent) :]))
+            self._publish(TextDelta(type="text.delta", turn_id=self._turn, delta=text[len(self._sent) :]))
         else:
-            self._publish(TextReplace(type="text.replace", turn_id=self.turn_id, text=text))
+            self._publish(TextReplace(type="text.replace", turn_id=self._turn, text=text))
         self._sent = text
         self._last_publish = time.monotonic()
 
     def on_start(self) -> None:
-        self._publish(TurnStart(type="turn.start", turn_id=self.turn_id))
+        self._publish(TurnStart(type="turn.start", turn_id=self._turn))
 
     def on_text_delta(self, text_so_far: str) -> None:
         self._latest = text_so_far
@@ -78,16 +84,16 @@ class WebResponder(Responder):
 
     def on_tool_start(self, name: str, arguments: dict[str, Any]) -> None:
         self._flush_text()
-        self._publish(ToolStart(type="tool.start", turn_id=self.turn_id, name=name, arguments=arguments))
+        self._publish(ToolStart(type="tool.start", turn_id=self._turn, name=name, arguments=arguments))
 
     def on_tool_end(self, name: str, ok: bool, summary: str) -> None:
-        self._publish(ToolEnd(type="tool.end", turn_id=self.turn_id, name=name, ok=ok, summary=summary))
+        self._publish(ToolEnd(type="tool.end", turn_id=self._turn, name=name, ok=ok, summary=summary))
 
     def on_final(self, text: str) -> None:
         # Send the tail that the throttle held back, so the deltas alone add up to the answer.
         self._latest = text
         self._flush_text()
-        self._publish(Final(type="final", turn_id=self.turn_id, text=text, message_id=self.ctx.assistant_message_id))
+        self._publish(Final(type="final", turn_id=self._turn, text=text, message_id=self.ctx.assistant_message_id))
 
     def on_notice(self, text: str) -> None:
         self._publish(Notice(type="notice", turn_id=self.turn_id, text=text), last=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import operator
+from collections.abc import Callable
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
@@ -29,7 +30,7 @@ def time_now(ctx: ToolContext, *, timezone: str = "") -> str:
     return f"{now:%Y-%m-%d %H:%M:%S} {WEEKDAYS[now.weekday()]} ({zone.key})"
 
 
-_OPS = {
+_OPS: dict[type[ast.AST], Callable[..., float]] = {
     ast.Add: operator.add,
     ast.Sub: operator.sub,
     ast.Mult: operator.mul,
